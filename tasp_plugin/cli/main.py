@@ -1,0 +1,116 @@
+"""Entry point of the ``tasp`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..plan import DTYPE_BYTES, choose_schedule, link_traffic
+from ..schedules import ScheduleError, validate_cycles, multinode_links
+
+
+def _human(nbytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(nbytes) < 1024 or unit == "GiB":
+            return f"{nbytes:.1f} {unit}" if unit != "B" else f"{int(nbytes)} B"
+        nbytes /= 1024
+    return str(nbytes)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    n, m = args.world_size, args.gpus_per_node or args.world_size
+    plan = choose_schedule(n, m)
+    sched = plan.schedule
+    print(f"world size {n}, {sched.nodes if sched.kind == 'multinode' else n // m} node(s) x {m} GPUs")
+    print(f"schedule: {plan.algorithm} ({sched.num_cycles} cycle{'s' if sched.num_cycles != 1 else ''})")
+    print(f"why: {plan.reason}")
+    print("cycles (data flows left to right, then back to the first rank):")
+    for c, cyc in enumerate(sched.cycles):
+        print(f"  cycle {c:>3}: {' -> '.join(map(str, cyc))}")
+    try:
+        links = multinode_links(sched.nodes, sched.gpus_per_node) if sched.kind == "multinode" else None
+        validate_cycles(sched.cycles, n, complete=sched.kind == "hamilton", allowed_arcs=links)
+        print("validation: OK (each cycle Hamiltonian, arcs disjoint"
+              + (", every ordered pair covered)" if sched.kind == "hamilton" else ")"))
+    except ScheduleError as exc:  # pragma: no cover - generated schedules are validated on creation
+        print(f"validation: FAILED: {exc}")
+        return 1
+    kv_heads = args.kv_heads or args.heads
+    kv = 2 * (args.seqlen // n) * kv_heads * args.head_dim * DTYPE_BYTES[args.dtype] * args.batch
+    print(f"traffic per step for seqlen {args.seqlen}, {kv_heads} KV heads x {args.head_dim}, {args.dtype}, "
+          f"batch {args.batch}: local K+V = {_human(kv)} per rank, {n - 1} steps")
+    for r in range(n):
+        t = link_traffic(sched, r, kv, m)
+        intra = ", ".join(f"->{p}: {_human(b)}" for p, b in sorted(t.intra_peers.items()))
+        line = f"  rank {r:>3}: intra-node [{intra}]"
+        if t.inter_peers:
+            inter = ", ".join(f"->{p} (rail {p % m}): {_human(b)}" for p, b in sorted(t.inter_peers.items()))
+            line += f"  NIC [{inter}]"
+        print(line)
+    if args.plot:
+        from .plot import plot_schedule
+
+        plot_schedule(sched, args.plot, f"{plan.algorithm}: {n} ranks, {sched.num_cycles} cycles")
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+PLAN_DEFAULTS = {"world_size": None, "gpus_per_node": None, "seqlen": 131072, "heads": 32, "kv_heads": None,
+                 "head_dim": 128, "batch": 1, "dtype": "bf16", "plot": None}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tasp", description="Topology-aware sequence parallelism tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("plan", help="show which ring schedule runs for a CP group, its cycles and link traffic")
+    p.add_argument("--config", metavar="FILE.json", default=None,
+                   help="read option defaults from a JSON file (keys as the long options, e.g. world_size)")
+    p.add_argument("--world-size", type=int, help="ranks in the context-parallel group")
+    p.add_argument("--gpus-per-node", type=int, help="GPUs per node (default: all on one node)")
+    p.add_argument("--seqlen", type=int, help="global sequence length (default 131072)")
+    p.add_argument("--heads", type=int, help="attention heads (default 32)")
+    p.add_argument("--kv-heads", type=int, help="K/V heads for GQA (default: --heads)")
+    p.add_argument("--head-dim", type=int, help="head dimension (default 128)")
+    p.add_argument("--batch", type=int, help="micro-batch size (default 1)")
+    p.add_argument("--dtype", choices=sorted(DTYPE_BYTES), help="K/V dtype on the wire")
+    p.add_argument("--plot", metavar="FILE.png", help="draw the cycles to a PNG (needs matplotlib)")
+    p.set_defaults(func=_plan, **PLAN_DEFAULTS)
+    return parser
+
+
+def _apply_config(args: argparse.Namespace) -> None:
+    """Fill options from a JSON config; options given on the command line (non-default values) win."""
+    with open(args.config, encoding="utf-8") as fh:
+        values = json.load(fh)
+    if not isinstance(values, dict):
+        raise ValueError(f"{args.config}: expected a JSON object of option names to values")
+    unknown = sorted(set(values) - set(PLAN_DEFAULTS))
+    if unknown:
+        raise ValueError(f"{args.config}: unknown option(s) {unknown}; valid: {sorted(PLAN_DEFAULTS)}")
+    for key, value in values.items():
+        if getattr(args, key) == PLAN_DEFAULTS[key]:
+            setattr(args, key, value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``tasp``; errors are one line on stderr and exit code 2, never a traceback."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if getattr(args, "config", None):
+            _apply_config(args)
+        if args.world_size is None:
+            raise ValueError("--world-size is required (on the command line or in --config)")
+        if args.world_size < 1:
+            raise ValueError(f"--world-size must be >= 1, got {args.world_size}")
+        if args.seqlen < 1 or args.heads < 1 or args.head_dim < 1 or args.batch < 1:
+            raise ValueError("--seqlen, --heads, --head-dim and --batch must be positive")
+        return args.func(args)
+    except (ValueError, ImportError) as exc:
+        print(f"tasp: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
