@@ -1,0 +1,76 @@
+"""Layer 6: the user-facing call, ``context_parallel_attention``."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.distributed as dist
+
+from .engine import EngineConfig, RingAttentionFunction
+from .kernels import get_kernel
+from .schedules import NoHamiltonianDecomposition, RingSchedule
+
+__all__ = ["context_parallel_attention", "ALGORITHMS", "TENSOR_LAYOUTS"]
+
+ALGORITHMS = ("ring", "zigzag", "hamilton", "auto")
+TENSOR_LAYOUTS = {"bshd": (0, 2, 1, 3), "sbhd": (1, 2, 0, 3), "bhsd": (0, 1, 2, 3)}
+_warned: set[int] = set()
+
+
+def _schedule(algorithm: str, n: int) -> RingSchedule:
+    if algorithm in ("ring", "zigzag") or n < 2:
+        return RingSchedule.ring(n)
+    try:
+        return RingSchedule.hamilton(n)
+    except NoHamiltonianDecomposition as exc:
+        if algorithm == "hamilton" and n not in _warned:
+            _warned.add(n)
+            warnings.warn(f"{exc}; falling back to zigzag ring attention", stacklevel=3)
+        return RingSchedule.ring(n)
+
+
+def _validate(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str, algorithm: str) -> None:
+    if layout not in TENSOR_LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose one of {sorted(TENSOR_LAYOUTS)}")
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {ALGORITHMS}")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            raise TypeError(f"{name} must be a 4-D tensor in layout {layout!r}")
+    if not q.dtype == k.dtype == v.dtype:
+        raise TypeError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not q.device == k.device == v.device:
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if k.shape != v.shape:
+        raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} must have the same shape")
+
+
+def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+                               group: dist.ProcessGroup | None = None, algorithm: str = "hamilton",
+                               causal: bool = True, softmax_scale: float | None = None, layout: str = "bshd",
+                               backend: str = "auto", return_lse: bool = False):
+    """Attention of this rank's local query shard over the whole (sharded) sequence of the CP group.
+
+    Inputs are local zigzag shards (``tasp_plugin.layout.shard_sequence``); returns the local output in
+    the same layout (and the fp32 LSE ``[batch, heads, local_seq]`` if ``return_lse``).
+    """
+    _validate(q, k, v, layout, algorithm)
+    if group is None and not dist.is_initialized():
+        n, rank = 1, 0
+    else:
+        n, rank = dist.get_world_size(group), dist.get_rank(group)
+    perm = TENSOR_LAYOUTS[layout]
+    qh, kh, vh = (t.permute(*perm).contiguous() for t in (q, k, v))
+    if qh.shape[1] % kh.shape[1]:
+        raise ValueError(f"Q heads ({qh.shape[1]}) must be a multiple of K/V heads ({kh.shape[1]})")
+    if qh.shape[2] != kh.shape[2] or qh.shape[2] % 2:
+        raise ValueError(f"local q and k/v must have the same even sequence length (global length divisible "
+                         f"by 2 * cp_size), got {qh.shape[2]} and {kh.shape[2]}")
+    cfg = EngineConfig(_schedule(algorithm, n), group, rank, causal, "zigzag",
+                       softmax_scale if softmax_scale is not None else qh.shape[-1] ** -0.5,
+                       get_kernel(backend, qh.device, qh.dtype))
+    out, lse = RingAttentionFunction.apply(qh, kh, vh, cfg)
+    inverse = [perm.index(i) for i in range(4)]
+    out = out.permute(*inverse)
+    return (out, lse) if return_lse else out

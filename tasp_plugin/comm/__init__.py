@@ -1,0 +1,5 @@
+"""Layer 4: one step's exchange of a ring schedule over a process group."""
+
+from .exchange import RingExchange
+
+__all__ = ["RingExchange"]

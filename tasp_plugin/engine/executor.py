@@ -1,0 +1,158 @@
+"""The one executor: any `RingSchedule`, forward and backward, as a `torch.autograd.Function`.
+
+Shapes inside are ``[batch, heads, seq, head_dim]`` (local shard). Chunk ``j`` of the local K/V travels
+on cycle ``j``; dQ accumulates locally; dK/dV accumulators (fp32) travel with their chunks and one last
+hop after the final step brings each home.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from ..comm import RingExchange
+from ..kernels import BlockKernel, merge_into
+from ..schedules import RingSchedule
+from .blocks import Block, plan_step
+
+__all__ = ["RingAttentionFunction", "EngineConfig"]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything the executor needs besides the tensors."""
+
+    schedule: RingSchedule
+    group: dist.ProcessGroup | None
+    rank: int
+    causal: bool
+    layout: str
+    scale: float
+    kernel: BlockKernel
+
+
+class _Chunks:
+    """Sub-chunk geometry of a local shard of ``seq`` rows: halves cut into ``c`` (possibly unequal) parts."""
+
+    def __init__(self, seq: int, c: int) -> None:
+        self.half = seq // 2
+        bounds = [round(i * self.half / c) for i in range(c + 1)]
+        self.parts = [(bounds[i], bounds[i + 1]) for i in range(c)]
+
+    def pack(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Chunk j = rows (front part j, back part j) of ``x`` ``[..., seq, d]`` along dim -2."""
+        h = self.half
+        return [torch.cat([x[..., a:b, :], x[..., h + a:h + b, :]], dim=-2) for a, b in self.parts]
+
+    def unpack(self, chunks: list[torch.Tensor], seq: int) -> torch.Tensor:
+        """Inverse of :meth:`pack`."""
+        out = chunks[0].new_empty(chunks[0].shape[:-2] + (seq, chunks[0].shape[-1]))
+        h = self.half
+        for (a, b), ch in zip(self.parts, chunks):
+            out[..., a:b, :] = ch[..., : b - a, :]
+            out[..., h + a:h + b, :] = ch[..., b - a:, :]
+        return out
+
+    def rows(self, part: str, seq: int) -> slice:
+        return {"all": slice(0, seq), "front": slice(0, self.half), "back": slice(self.half, seq)}[part]
+
+    def piece(self, chunk: torch.Tensor, j: int, part: str) -> torch.Tensor:
+        n = self.parts[j][1] - self.parts[j][0]
+        return {"whole": chunk, "front": chunk[..., :n, :], "back": chunk[..., n:, :]}[part]
+
+
+def _gather(chunks: _Chunks, held: list[torch.Tensor], block: Block) -> torch.Tensor | None:
+    """Keys/values of a block (``[2, B, H, len, D]``), or None when every piece is empty (tiny shards)."""
+    pieces = [p for p in (chunks.piece(held[j], j, part) for j, part in block.pieces) if p.shape[-2]]
+    if not pieces:
+        return None
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-2)
+
+
+def _scatter_add(chunks: _Chunks, acc: list[torch.Tensor], block: Block, grad: torch.Tensor) -> None:
+    offset = 0
+    for j, part in block.pieces:
+        target = chunks.piece(acc[j], j, part)
+        n = target.shape[-2]
+        target.add_(grad[..., offset:offset + n, :])
+        offset += n
+
+
+def _run_forward(cfg: EngineConfig, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    n, seq = cfg.schedule.world_size, q.shape[-2]
+    chunks = _Chunks(seq, cfg.schedule.num_cycles)
+    acc_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    out = torch.zeros(q.shape, dtype=acc_dtype, device=q.device)
+    lse = torch.full(q.shape[:-1], float("-inf"), dtype=acc_dtype, device=q.device)
+    held = chunks.pack(torch.stack([k, v]))
+    exchange = RingExchange(cfg.schedule, cfg.group, cfg.rank)
+    for step in range(n):
+        handles, incoming = [], None
+        if step + 1 < n:
+            incoming = [torch.empty_like(h) for h in held]
+            handles = exchange.start(held, incoming)
+        for block in plan_step(cfg.schedule, cfg.rank, step, cfg.causal, cfg.layout):
+            kv = _gather(chunks, held, block)
+            if kv is None:
+                continue
+            rows = chunks.rows(block.q_part, seq)
+            b_out, b_lse = cfg.kernel.forward(q[..., rows, :], kv[0], kv[1], block.causal, cfg.scale)
+            merge_into(out[..., rows, :], lse[..., rows], b_out, b_lse)
+        if incoming is not None:
+            exchange.wait(handles)
+            held = incoming
+    return out, lse
+
+
+def _run_backward(cfg: EngineConfig, dout, q, k, v, out, lse):
+    n, seq = cfg.schedule.world_size, q.shape[-2]
+    chunks = _Chunks(seq, cfg.schedule.num_cycles)
+    acc_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    dq = torch.zeros(q.shape, dtype=acc_dtype, device=q.device)
+    held = chunks.pack(torch.stack([k, v]))
+    acc = [torch.zeros(h.shape, dtype=acc_dtype, device=h.device) for h in held]
+    exchange = RingExchange(cfg.schedule, cfg.group, cfg.rank)
+    for step in range(n):
+        handles, incoming = [], None
+        if step + 1 < n:
+            incoming = [torch.empty_like(h) for h in held]
+            handles = exchange.start(held, incoming)
+        for block in plan_step(cfg.schedule, cfg.rank, step, cfg.causal, cfg.layout):
+            kv = _gather(chunks, held, block)
+            if kv is None:
+                continue
+            rows = chunks.rows(block.q_part, seq)
+            g_q, g_k, g_v = cfg.kernel.backward(dout[..., rows, :], q[..., rows, :], kv[0], kv[1],
+                                                out[..., rows, :], lse[..., rows], block.causal, cfg.scale)
+            dq[..., rows, :] += g_q
+            _scatter_add(chunks, acc, block, torch.stack([g_k, g_v]).to(acc_dtype))
+        if n > 1:
+            arriving = [torch.empty_like(a) for a in acc]
+            exchange.wait(exchange.start(acc, arriving))
+            acc = arriving
+        if incoming is not None:
+            exchange.wait(handles)
+            held = incoming
+    dkv = chunks.unpack(acc, seq)
+    return dq.to(q.dtype), dkv[0].to(k.dtype), dkv[1].to(v.dtype)
+
+
+class RingAttentionFunction(torch.autograd.Function):
+    """``apply(q, k, v, cfg) -> (out, lse)``; gradients flow to q, k, v (LSE is not differentiable)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, cfg: EngineConfig):
+        out, lse = _run_forward(cfg, q, k, v)
+        out = out.to(q.dtype)
+        ctx.cfg = cfg
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, _dlse):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = _run_backward(ctx.cfg, dout.contiguous(), q, k, v, out, lse)
+        return dq, dk, dv, None

@@ -1,0 +1,41 @@
+"""Run a function on N gloo CPU processes and collect what each rank returns (judged per rank, not by the
+exit code alone)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(rank: int, world: int, port: int, outdir: str, fn, args) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        result = fn(rank, world, *args)
+        torch.save(result, os.path.join(outdir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def run_distributed(fn, world: int, *args) -> list:
+    """``fn(rank, world, *args)`` on ``world`` processes; returns the per-rank results in rank order."""
+    with tempfile.TemporaryDirectory() as outdir:
+        mp.spawn(_entry, args=(world, _free_port(), outdir, fn, args), nprocs=world, join=True)
+        results = []
+        for r in range(world):
+            path = os.path.join(outdir, f"rank{r}.pt")
+            assert os.path.exists(path), f"rank {r} reported no result"
+            results.append(torch.load(path, weights_only=False))
+        return results
