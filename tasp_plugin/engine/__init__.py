@@ -2,5 +2,6 @@
 
 from .blocks import LAYOUTS, Block, plan_step
 from .executor import EngineConfig, RingAttentionFunction
+from .timing import StepHook, StepTimer
 
-__all__ = ["LAYOUTS", "Block", "EngineConfig", "RingAttentionFunction", "plan_step"]
+__all__ = ["LAYOUTS", "Block", "EngineConfig", "RingAttentionFunction", "StepHook", "StepTimer", "plan_step"]

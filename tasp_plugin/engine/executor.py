@@ -16,6 +16,7 @@ from ..comm import RingExchange
 from ..kernels import BlockKernel, merge_into
 from ..schedules import RingSchedule
 from .blocks import Block, plan_step
+from .timing import StepHook
 
 __all__ = ["RingAttentionFunction", "EngineConfig"]
 
@@ -31,6 +32,12 @@ class EngineConfig:
     layout: str
     scale: float
     kernel: BlockKernel
+    hook: StepHook | None = None
+
+    def mark(self, point: str, step: int) -> None:
+        """Forward a step mark to the timing hook, if any."""
+        if self.hook is not None:
+            self.hook.mark(point, step)
 
 
 class _Chunks:
@@ -89,10 +96,12 @@ def _run_forward(cfg: EngineConfig, q: torch.Tensor, k: torch.Tensor, v: torch.T
     held = chunks.pack(torch.stack([k, v]))
     exchange = RingExchange(cfg.schedule, cfg.group, cfg.rank)
     for step in range(n):
+        cfg.mark("start", step)
         handles, incoming = [], None
         if step + 1 < n:
             incoming = [torch.empty_like(h) for h in held]
             handles = exchange.start(held, incoming)
+        cfg.mark("posted", step)
         for block in plan_step(cfg.schedule, cfg.rank, step, cfg.causal, cfg.layout):
             kv = _gather(chunks, held, block)
             if kv is None:
@@ -100,9 +109,11 @@ def _run_forward(cfg: EngineConfig, q: torch.Tensor, k: torch.Tensor, v: torch.T
             rows = chunks.rows(block.q_part, seq)
             b_out, b_lse = cfg.kernel.forward(q[..., rows, :], kv[0], kv[1], block.causal, cfg.scale)
             merge_into(out[..., rows, :], lse[..., rows], b_out, b_lse)
+        cfg.mark("computed", step)
         if incoming is not None:
             exchange.wait(handles)
             held = incoming
+            cfg.mark("received", step)
     return out, lse
 
 

@@ -1,0 +1,251 @@
+"""The reference system's attention API (same names and signatures) as thin adapters over the engine.
+
+Each function returns ``(out, lse)``: ``out`` in the input layout, ``lse`` float32 ``[batch, heads, seq]``;
+the ``_profile`` variants return ``(out, lse, {'total_time', 'comm_total_time', 'comp_total_time'})`` in
+milliseconds. Unlike the reference they work for any world size, honour ``softmax_scale`` and are
+differentiable; features the engine does not implement (dropout, sliding windows, ALiBi) raise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+
+from .api import _schedule
+from .engine import EngineConfig, RingAttentionFunction, StepTimer
+from .kernels import get_kernel, update_out_and_lse
+from .schedules import (
+    RingSchedule,
+    calculate_in_mapping_circle,
+    calculate_out_mapping_circle,
+    calculate_source_rank_per_iter,
+)
+
+__all__ = [
+    "RingComm",
+    "A2AComm",
+    "update_out_and_lse",
+    "ring_attention_forward_flash_attn",
+    "ring_attention_forward_flash_attn_profile",
+    "zigzag_ring_attention_forward_flash_attn",
+    "zigzag_ring_attention_forward_flash_attn_profile",
+    "hamilton_attention_forward_full_flash_attn",
+    "hamilton_attention_forward_full_flash_attn_profile",
+    "hamilton_attention_forward_causal_flash_attn",
+    "hamilton_attention_forward_causal_flash_attn_profile",
+]
+
+
+class RingComm:
+    """Send to the next rank and receive from the previous one (group order), batched and asynchronous:
+    queue with ``send_recv``, launch with ``commit``, then ``wait``."""
+
+    def __init__(self, process_group: dist.ProcessGroup | None) -> None:
+        self._group = process_group
+        self.rank = dist.get_rank(process_group)
+        self.world_size = dist.get_world_size(process_group)
+        to_global = (lambda r: dist.get_global_rank(process_group, r)) if process_group is not None else (lambda r: r)
+        self.send_rank = to_global((self.rank + 1) % self.world_size)
+        self.recv_rank = to_global((self.rank - 1) % self.world_size)
+        self._ops: list[dist.P2POp] = []
+        self._reqs: list = []
+
+    def send_recv(self, to_send: torch.Tensor, recv_tensor: torch.Tensor | None = None) -> torch.Tensor:
+        """Queue sending ``to_send`` and receiving a tensor of the same shape; returns the receive buffer."""
+        recv = torch.empty_like(to_send) if recv_tensor is None else recv_tensor
+        self._ops.append(dist.P2POp(dist.isend, to_send.contiguous(), self.send_rank, self._group))
+        self._ops.append(dist.P2POp(dist.irecv, recv, self.recv_rank, self._group))
+        return recv
+
+    def commit(self) -> None:
+        """Launch the queued transfers."""
+        if self._reqs:
+            raise RuntimeError("commit called twice without wait")
+        self._reqs = dist.batch_isend_irecv(self._ops)
+
+    def wait(self) -> None:
+        """Block until the launched transfers finished."""
+        if not self._reqs and self._ops:
+            raise RuntimeError("wait called before commit")
+        for req in self._reqs:
+            req.wait()
+        self._reqs, self._ops = [], []
+
+    def send_recv_kv(self, k: torch.Tensor, v: torch.Tensor, k_buffer: torch.Tensor | None = None,
+                     v_buffer: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Queue and launch the exchange of K and V; ``wait`` before reading the results."""
+        next_k, next_v = self.send_recv(k, k_buffer), self.send_recv(v, v_buffer)
+        self.commit()
+        return next_k, next_v
+
+
+class A2AComm:
+    """All-to-all of one tensor per peer (``send_tensors[i]`` goes to group rank ``i``), asynchronous, by
+    batched point-to-point so that it runs on gloo as well as NCCL; ``wait`` completes it."""
+
+    def __init__(self, process_group: dist.ProcessGroup | None) -> None:
+        self._group = process_group
+        self.rank = dist.get_rank(process_group)
+        self.world_size = dist.get_world_size(process_group)
+        self.handles: list = []
+
+    def all_to_all(self, send_tensors: list[torch.Tensor], recv_tensors: list[torch.Tensor],
+                   async_op: bool = True) -> None:
+        """Post the exchange (the own slot is copied locally)."""
+        if len(send_tensors) != self.world_size or len(recv_tensors) != self.world_size:
+            raise ValueError(f"all_to_all needs {self.world_size} send and receive tensors")
+        ops = []
+        for peer in range(self.world_size):
+            if peer == self.rank:
+                recv_tensors[peer].copy_(send_tensors[peer])
+                continue
+            g = dist.get_global_rank(self._group, peer) if self._group is not None else peer
+            ops.append(dist.P2POp(dist.isend, send_tensors[peer].contiguous(), g, self._group))
+            ops.append(dist.P2POp(dist.irecv, recv_tensors[peer], g, self._group))
+        self.handles.extend(dist.batch_isend_irecv(ops) if ops else [])
+        if not async_op:
+            self.wait()
+
+    def wait(self) -> None:
+        """Block until every posted exchange finished."""
+        for h in self.handles:
+            h.wait()
+        self.handles = []
+
+
+def _unsupported(dropout_p: float, window_size=(-1, -1), alibi_slopes=None) -> None:
+    if dropout_p:
+        raise ValueError(f"dropout_p={dropout_p} is not supported (attention dropout is not implemented)")
+    if tuple(window_size) != (-1, -1):
+        raise ValueError(f"window_size={window_size} is not supported (sliding windows are not implemented)")
+    if alibi_slopes is not None:
+        raise ValueError("alibi_slopes is not supported")
+
+
+def _run(process_group, q, k, v, schedule: RingSchedule, causal: bool, layout: str, softmax_scale, seq_dim: int,
+         timer: StepTimer | None):
+    """q/k/v in ``[B, S, H, D]`` (seq_dim 1) or ``[B, H, S, D]`` (seq_dim 2) -> (out, lse[, timings])."""
+    to_bhsd = (lambda t: t.transpose(1, 2)) if seq_dim == 1 else (lambda t: t)
+    qh, kh, vh = (to_bhsd(t).contiguous() for t in (q, k, v))
+    if schedule.world_size != dist.get_world_size(process_group):
+        raise ValueError(f"schedule is for {schedule.world_size} ranks, the group has "
+                         f"{dist.get_world_size(process_group)}")
+    scale = softmax_scale if softmax_scale is not None else qh.shape[-1] ** -0.5
+    cfg = EngineConfig(schedule, process_group, dist.get_rank(process_group), causal, layout, scale,
+                       get_kernel("auto", qh.device, qh.dtype), timer)
+    out, lse = RingAttentionFunction.apply(qh, kh, vh, cfg)
+    return to_bhsd(out), lse
+
+
+def _ring(process_group, q, k, v, softmax_scale, dropout_p, causal, window_size, alibi_slopes, layout, profile):
+    _unsupported(dropout_p, window_size, alibi_slopes)
+    n = dist.get_world_size(process_group)
+    timer = StepTimer(q.device) if profile else None
+    out, lse = _run(process_group, q, k, v, RingSchedule.ring(n), causal, layout, softmax_scale, 1, timer)
+    return (out, lse, timer.summary()) if profile else (out, lse)
+
+
+def ring_attention_forward_flash_attn(process_group, q, k, v, softmax_scale, dropout_p=0, causal=False,
+                                      window_size=(-1, -1), alibi_slopes=None, deterministic=False):
+    """Ring attention on contiguous shards ``[B, S_local, H, D]`` (rank r holds block r)."""
+    return _ring(process_group, q, k, v, softmax_scale, dropout_p, causal, window_size, alibi_slopes,
+                 "contiguous", False)
+
+
+def ring_attention_forward_flash_attn_profile(process_group, q, k, v, softmax_scale, dropout_p=0, world_size=8,
+                                              causal=False, window_size=(-1, -1), alibi_slopes=None,
+                                              deterministic=False):
+    """:func:`ring_attention_forward_flash_attn` plus per-call timings."""
+    return _ring(process_group, q, k, v, softmax_scale, dropout_p, causal, window_size, alibi_slopes,
+                 "contiguous", True)
+
+
+def zigzag_ring_attention_forward_flash_attn(process_group, q, k, v, softmax_scale, dropout_p=0, causal=True,
+                                             window_size=(-1, -1), alibi_slopes=None, deterministic=False):
+    """Zigzag ring attention on zigzag shards ``[B, S_local, H, D]`` (blocks r and 2n-1-r)."""
+    return _ring(process_group, q, k, v, softmax_scale, dropout_p, causal, window_size, alibi_slopes,
+                 "zigzag", False)
+
+
+def zigzag_ring_attention_forward_flash_attn_profile(process_group, q, k, v, softmax_scale, dropout_p=0,
+                                                     causal=True, window_size=(-1, -1), alibi_slopes=None,
+                                                     deterministic=False):
+    """:func:`zigzag_ring_attention_forward_flash_attn` plus per-call timings."""
+    return _ring(process_group, q, k, v, softmax_scale, dropout_p, causal, window_size, alibi_slopes,
+                 "zigzag", True)
+
+
+def _hamilton_schedule(process_group, world_size: int, looping, out_mapping, in_mapping,
+                       source_rank_per_iter=None) -> RingSchedule:
+    n = dist.get_world_size(process_group)
+    if world_size != n:
+        raise ValueError(f"world_size={world_size} but the process group has {n} ranks")
+    schedule = RingSchedule.from_cycles(looping, "hamilton") if looping is not None else _schedule("hamilton", n)
+    if out_mapping is not None and [list(r) for r in out_mapping] != calculate_out_mapping_circle(schedule.cycles):
+        raise ValueError("out_mapping does not match looping (it must be calculate_out_mapping_circle(looping))")
+    if in_mapping is not None and [list(r) for r in in_mapping] != calculate_in_mapping_circle(schedule.cycles):
+        raise ValueError("in_mapping does not match looping (it must be calculate_in_mapping_circle(looping))")
+    if source_rank_per_iter is not None and [[list(x) for x in r] for r in source_rank_per_iter] != \
+            calculate_source_rank_per_iter(schedule.cycles):
+        raise ValueError("source_rank_per_iter does not match looping "
+                         "(it must be calculate_source_rank_per_iter(looping))")
+    return schedule
+
+
+def _seq_dim(layout: str) -> int:
+    if layout not in ("BSND", "BNSD"):
+        raise ValueError(f"layout must be 'BSND' or 'BNSD', got {layout!r}")
+    return 1 if layout == "BSND" else 2
+
+
+def _join_chunks(chunks: Sequence[torch.Tensor], seq_dim: int, causal: bool) -> torch.Tensor:
+    """The reference passes K/V as a list of chunks; causal chunk j is (front part j, back part j)."""
+    if not causal:
+        return torch.cat(list(chunks), dim=seq_dim)
+    halves = [c.chunk(2, dim=seq_dim) for c in chunks]
+    return torch.cat([h[0] for h in halves] + [h[1] for h in halves], dim=seq_dim)
+
+
+def _hamilton(process_group, q, k, v, softmax_scale0, dropout_p, world_size, looping, out_mapping, in_mapping,
+              layout, causal, profile, source_rank_per_iter=None):
+    _unsupported(dropout_p)
+    seq_dim = _seq_dim(layout)
+    schedule = _hamilton_schedule(process_group, world_size, looping, out_mapping, in_mapping, source_rank_per_iter)
+    kk, vv = _join_chunks(k, seq_dim, causal), _join_chunks(v, seq_dim, causal)
+    timer = StepTimer(q.device) if profile else None
+    out, lse = _run(process_group, q, kk, vv, schedule, causal, "zigzag", softmax_scale0, seq_dim, timer)
+    return (out, lse, timer.summary()) if profile else (out, lse)
+
+
+def hamilton_attention_forward_full_flash_attn(process_group, q, k, v, softmax_scale0, dropout_p=0, world_size=8,
+                                               looping=None, out_mapping=None, in_mapping=None, layout="BSND"):
+    """Non-causal Hamilton attention; ``k``/``v`` are lists of the local K/V chunks (any number)."""
+    return _hamilton(process_group, q, k, v, softmax_scale0, dropout_p, world_size, looping, out_mapping,
+                     in_mapping, layout, False, False)
+
+
+def hamilton_attention_forward_full_flash_attn_profile(process_group, q, k, v, softmax_scale0, dropout_p=0,
+                                                       world_size=8, looping=None, out_mapping=None,
+                                                       in_mapping=None, layout="BSND"):
+    """:func:`hamilton_attention_forward_full_flash_attn` plus per-call timings."""
+    return _hamilton(process_group, q, k, v, softmax_scale0, dropout_p, world_size, looping, out_mapping,
+                     in_mapping, layout, False, True)
+
+
+def hamilton_attention_forward_causal_flash_attn(process_group, q, k, v, softmax_scale0, dropout_p=0,
+                                                 world_size=8, looping=None, out_mapping=None, in_mapping=None,
+                                                 source_rank_per_iter=None, layout="BSND"):
+    """Causal Hamilton attention on zigzag shards; ``k[j]``/``v[j]`` = (front part j, back part j)."""
+    return _hamilton(process_group, q, k, v, softmax_scale0, dropout_p, world_size, looping, out_mapping,
+                     in_mapping, layout, True, False, source_rank_per_iter)
+
+
+def hamilton_attention_forward_causal_flash_attn_profile(process_group, q, k, v, softmax_scale0, dropout_p=0,
+                                                         world_size=8, looping=None, out_mapping=None,
+                                                         in_mapping=None, source_rank_per_iter=None,
+                                                         layout="BSND"):
+    """:func:`hamilton_attention_forward_causal_flash_attn` plus per-call timings."""
+    return _hamilton(process_group, q, k, v, softmax_scale0, dropout_p, world_size, looping, out_mapping,
+                     in_mapping, layout, True, True, source_rank_per_iter)
