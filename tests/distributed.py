@@ -18,10 +18,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _entry(rank: int, world: int, port: int, outdir: str, fn, args) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _entry(rank: int, world: int, port: int, outdir: str, backend: str, fn, args) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), NCCL_NVLS_ENABLE="0")
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+    dist.init_process_group(backend, rank=rank, world_size=world)
     try:
         result = fn(rank, world, *args)
         torch.save(result, os.path.join(outdir, f"rank{rank}.pt"))
@@ -29,10 +31,11 @@ def _entry(rank: int, world: int, port: int, outdir: str, fn, args) -> None:
         dist.destroy_process_group()
 
 
-def run_distributed(fn, world: int, *args) -> list:
-    """``fn(rank, world, *args)`` on ``world`` processes; returns the per-rank results in rank order."""
+def run_distributed(fn, world: int, *args, backend: str = "gloo") -> list:
+    """``fn(rank, world, *args)`` on ``world`` processes (gloo on CPU, or NCCL with one GPU per rank);
+    returns the per-rank results in rank order."""
     with tempfile.TemporaryDirectory() as outdir:
-        mp.spawn(_entry, args=(world, _free_port(), outdir, fn, args), nprocs=world, join=True)
+        mp.spawn(_entry, args=(world, _free_port(), outdir, backend, fn, args), nprocs=world, join=True)
         results = []
         for r in range(world):
             path = os.path.join(outdir, f"rank{r}.pt")

@@ -17,10 +17,10 @@ from tasp_plugin.layout import shard_sequence
 from .distributed import run_distributed
 from .reference import reference_attention
 
-TOL = {torch.float64: 1e-10, torch.bfloat16: 3e-2}
+TOL = {torch.float64: 1e-10, torch.float32: 2e-3, torch.bfloat16: 3e-2}
 
 
-def _case(rank, n, algorithm, causal, kv_heads, dtype, seq):
+def _case(rank, n, algorithm, causal, kv_heads, dtype, seq, device="cpu"):
     torch.manual_seed(1234)
     b, h, d = 2, 4, 16
     q, k, v = (torch.randn(b, seq, hh, d, dtype=torch.float64, requires_grad=True) for hh in (h, kv_heads, kv_heads))
@@ -31,13 +31,13 @@ def _case(rank, n, algorithm, causal, kv_heads, dtype, seq):
     def local(x, dim=1):
         return shard_sequence(x.detach(), rank, n, dim)
 
-    lq, lk, lv = (local(x).to(dtype).requires_grad_(True) for x in (q, k, v))
+    lq, lk, lv = (local(x).to(device, dtype).requires_grad_(True) for x in (q, k, v))
     out, lse = context_parallel_attention(lq, lk, lv, algorithm=algorithm, causal=causal, return_lse=True)
-    (out.double() * local(dout)).sum().backward()
+    (out.double() * local(dout).to(device)).sum().backward()
     pairs = {"out": (out, local(ref_out)), "lse": (lse, local(ref_lse, 2)), "dq": (lq.grad, local(q.grad)),
              "dk": (lk.grad, local(k.grad)), "dv": (lv.grad, local(v.grad))}
     # error relative to the reference's magnitude, so one tolerance serves every quantity
-    return {name: ((a.double() - r).abs().max() / r.abs().max().clamp_min(1e-30)).item() for name, (a, r) in pairs.items()}
+    return {name: ((a.double().cpu() - r).abs().max() / r.abs().max().clamp_min(1e-30)).item() for name, (a, r) in pairs.items()}
 
 
 def _contiguous_case(rank, n, algorithm, causal):
@@ -58,25 +58,24 @@ def _contiguous_case(rank, n, algorithm, causal):
             for name, a, r in zip(("out", "lse", "dq", "dk", "dv"), (out, lse, lq.grad, lk.grad, lv.grad), refs)}
 
 
-def _matrix(rank, n):
+def _matrix(rank, n, device="cpu", dtypes=(torch.float64, torch.bfloat16)):
     results = {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for algorithm, causal, kv_heads, dtype in itertools.product(
-                ("ring", "zigzag", "hamilton", "auto"), (True, False), (4, 2), (torch.float64, torch.bfloat16)):
+                ("ring", "zigzag", "hamilton", "auto"), (True, False), (4, 2), dtypes):
             # 3 rows per half: with n - 1 > 3 cycles some sub-chunks are empty, all are uneven
             seq = 2 * n * (3 if dtype == torch.float64 else 8)
-            results[(algorithm, causal, kv_heads, str(dtype))] = _case(rank, n, algorithm, causal, kv_heads, dtype, seq)
-        for algorithm, causal in itertools.product(("ring", "hamilton"), (True, False)):
+            results[(algorithm, causal, kv_heads, str(dtype))] = _case(rank, n, algorithm, causal, kv_heads, dtype,
+                                                                       seq, device)
+        for algorithm, causal in itertools.product(("ring", "hamilton"), (True, False) if device == "cpu" else ()):
             results[("contiguous-" + algorithm, causal, 2, "torch.float64")] = _contiguous_case(rank, n, algorithm, causal)
     results["warnings"] = [str(w.message) for w in caught if "falling back" in str(w.message)]
     dist.barrier()
     return results
 
 
-@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 7, 8])
-def test_engine_matches_full_attention(n):
-    per_rank = run_distributed(_matrix, n)
+def _check(n, per_rank):
     for rank, res in enumerate(per_rank):
         warned = res.pop("warnings")
         assert len(warned) == (1 if n in (4, 6) else 0), warned
@@ -84,3 +83,16 @@ def test_engine_matches_full_attention(n):
             tol = TOL[getattr(torch, dtype.split(".")[1])]
             bad = {k: e for k, e in errs.items() if not e <= tol}
             assert not bad, f"n={n} rank={rank} {algorithm} causal={causal} kv_heads={kv} {dtype}: {bad}"
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 7, 8])
+def test_engine_matches_full_attention(n):
+    _check(n, run_distributed(_matrix, n))
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2+ GPUs (NCCL)")
+@pytest.mark.parametrize("n", [2, 3, 4, 8])
+def test_engine_on_gpus_with_nccl(n):
+    if torch.cuda.device_count() < n:
+        pytest.skip(f"needs {n} GPUs")
+    _check(n, run_distributed(_matrix, n, "cuda", (torch.float32, torch.bfloat16), backend="nccl"))
