@@ -1,0 +1,35 @@
+"""RingExchange delivers each cycle's buffer from the predecessor, by P2P and by all-to-all."""
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from tasp_plugin.comm import RingExchange
+from tasp_plugin.schedules import RingSchedule
+
+from .distributed import run_distributed
+
+
+def _exchange(rank, n, transport):
+    schedule = RingSchedule.hamilton(n) if n not in (4, 6) else RingSchedule.ring(n)
+    ex = RingExchange(schedule, None, rank, transport)
+    # unequal sizes per cycle, as with uneven sub-chunks
+    send = [torch.full((j + 1, 3), float(100 * rank + j)) for j in range(schedule.num_cycles)]
+    recv = [torch.empty_like(s) for s in send]
+    ex.wait(ex.start(send, recv))
+    ok = all(recv[j].eq(100 * schedule.predecessor(rank, j) + j).all().item() for j in range(schedule.num_cycles))
+    dist.barrier()
+    return ok, ex.transport
+
+
+@pytest.mark.parametrize("n, transport, expect", [(3, "p2p", "p2p"), (5, "auto", "all_to_all"),
+                                                  (5, "all_to_all", "all_to_all"), (2, "auto", "p2p"),
+                                                  (4, "auto", "p2p")])
+def test_exchange(n, transport, expect):
+    for ok, used in run_distributed(_exchange, n, transport):
+        assert ok and used == expect
+
+
+def test_all_to_all_needs_a_full_schedule():
+    with pytest.raises(ValueError, match="all-to-alls"):
+        RingExchange(RingSchedule.ring(5), None, 0, "all_to_all")
