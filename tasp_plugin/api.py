@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import torch
@@ -46,6 +47,21 @@ def _validate(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str, al
         raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} must have the same shape")
 
 
+def _check_across_ranks(group, n: int, rank: int, tensors: tuple[torch.Tensor, ...]) -> None:
+    """With ``TASP_CHECK_SHAPES=1``: all-gather shapes and dtypes so that a mismatch raises on every rank
+    (naming the ranks) instead of deadlocking or silently computing garbage."""
+    signature = [x for t in tensors for x in (*t.shape, t.element_size(), t.is_floating_point())]
+    mine = torch.tensor(signature, dtype=torch.int64)
+    if dist.get_backend(group) == "nccl":
+        mine = mine.cuda()
+    gathered = [torch.empty_like(mine) for _ in range(n)]
+    dist.all_gather(gathered, mine, group=group)
+    differ = [r for r in range(n) if not torch.equal(gathered[r], gathered[0])]
+    if differ:
+        raise ValueError(f"q/k/v shapes or dtypes differ across the CP group: ranks {differ} differ from rank 0 "
+                         f"(this is rank {rank}); every rank must pass same-shaped local shards")
+
+
 def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                                group: dist.ProcessGroup | None = None, algorithm: str = "hamilton",
                                causal: bool = True, softmax_scale: float | None = None, layout: str = "bshd",
@@ -53,13 +69,16 @@ def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     """Attention of this rank's local query shard over the whole (sharded) sequence of the CP group.
 
     Inputs are local zigzag shards (``tasp_plugin.layout.shard_sequence``); returns the local output in
-    the same layout (and the fp32 LSE ``[batch, heads, local_seq]`` if ``return_lse``).
+    the same layout (and the fp32 LSE ``[batch, heads, local_seq]`` if ``return_lse``). Set the environment
+    variable ``TASP_CHECK_SHAPES=1`` to verify that all ranks pass the same shapes (one small all-gather).
     """
     _validate(q, k, v, layout, algorithm)
     if group is None and not dist.is_initialized():
         n, rank = 1, 0
     else:
         n, rank = dist.get_world_size(group), dist.get_rank(group)
+        if os.environ.get("TASP_CHECK_SHAPES", "0") not in ("", "0") and n > 1:
+            _check_across_ranks(group, n, rank, (q, k, v))
     perm = TENSOR_LAYOUTS[layout]
     qh, kh, vh = (t.permute(*perm).contiguous() for t in (q, k, v))
     if qh.shape[1] % kh.shape[1]:

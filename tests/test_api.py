@@ -57,3 +57,28 @@ def test_shard_errors():
         shard_sequence(torch.zeros(1, 6), 0, 4, 1)
     with pytest.raises(ValueError, match="cp_rank"):
         shard_sequence(torch.zeros(1, 8), 4, 4, 1)
+
+
+def _mismatched(rank, n):
+    import os
+
+    import torch.distributed as dist
+
+    os.environ["TASP_CHECK_SHAPES"] = "1"
+    seq = 8 if rank == 0 else 12
+    x = torch.randn(1, seq, 2, 8)
+    try:
+        context_parallel_attention(x, x, x)
+    except ValueError as exc:
+        result = str(exc)
+    else:
+        result = "no error"
+    dist.barrier()
+    return result
+
+
+def test_shapes_that_differ_across_ranks_raise_on_every_rank():
+    from .distributed import run_distributed
+
+    for msg in run_distributed(_mismatched, 3):
+        assert "differ across the CP group: ranks [1, 2]" in msg
