@@ -87,14 +87,11 @@ def _scatter_add(chunks: _Chunks, acc: list[torch.Tensor], block: Block, grad: t
         offset += n
 
 
-def _run_forward(cfg: EngineConfig, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-    n, seq = cfg.schedule.world_size, q.shape[-2]
-    chunks = _Chunks(seq, cfg.schedule.num_cycles)
-    acc_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-    out = torch.zeros(q.shape, dtype=acc_dtype, device=q.device)
-    lse = torch.full(q.shape[:-1], float("-inf"), dtype=acc_dtype, device=q.device)
-    held = chunks.pack(torch.stack([k, v]))
+def _rotate(cfg: EngineConfig, held: list[torch.Tensor]):
+    """Yield ``(step, blocks, held_chunks)`` for every step while the next step's chunks are in flight:
+    posts the exchange before the caller computes and completes it after (overlap of comm and compute)."""
     exchange = RingExchange(cfg.schedule, cfg.group, cfg.rank)
+    n = cfg.schedule.world_size
     for step in range(n):
         cfg.mark("start", step)
         handles, incoming = [], None
@@ -102,35 +99,43 @@ def _run_forward(cfg: EngineConfig, q: torch.Tensor, k: torch.Tensor, v: torch.T
             incoming = [torch.empty_like(h) for h in held]
             handles = exchange.start(held, incoming)
         cfg.mark("posted", step)
-        for block in plan_step(cfg.schedule, cfg.rank, step, cfg.causal, cfg.layout):
+        yield step, plan_step(cfg.schedule, cfg.rank, step, cfg.causal, cfg.layout), held
+        cfg.mark("computed", step)
+        if incoming is not None:
+            exchange.wait(handles)
+            held = incoming
+            cfg.mark("received", step)
+
+
+def _acc_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _run_forward(cfg: EngineConfig, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    seq = q.shape[-2]
+    chunks = _Chunks(seq, cfg.schedule.num_cycles)
+    out = torch.zeros(q.shape, dtype=_acc_dtype(q), device=q.device)
+    lse = torch.full(q.shape[:-1], float("-inf"), dtype=_acc_dtype(q), device=q.device)
+    for _, blocks, held in _rotate(cfg, chunks.pack(torch.stack([k, v]))):
+        for block in blocks:
             kv = _gather(chunks, held, block)
             if kv is None:
                 continue
             rows = chunks.rows(block.q_part, seq)
             b_out, b_lse = cfg.kernel.forward(q[..., rows, :], kv[0], kv[1], block.causal, cfg.scale)
             merge_into(out[..., rows, :], lse[..., rows], b_out, b_lse)
-        cfg.mark("computed", step)
-        if incoming is not None:
-            exchange.wait(handles)
-            held = incoming
-            cfg.mark("received", step)
     return out, lse
 
 
 def _run_backward(cfg: EngineConfig, dout, q, k, v, out, lse):
-    n, seq = cfg.schedule.world_size, q.shape[-2]
+    seq = q.shape[-2]
     chunks = _Chunks(seq, cfg.schedule.num_cycles)
-    acc_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-    dq = torch.zeros(q.shape, dtype=acc_dtype, device=q.device)
-    held = chunks.pack(torch.stack([k, v]))
-    acc = [torch.zeros(h.shape, dtype=acc_dtype, device=h.device) for h in held]
-    exchange = RingExchange(cfg.schedule, cfg.group, cfg.rank)
-    for step in range(n):
-        handles, incoming = [], None
-        if step + 1 < n:
-            incoming = [torch.empty_like(h) for h in held]
-            handles = exchange.start(held, incoming)
-        for block in plan_step(cfg.schedule, cfg.rank, step, cfg.causal, cfg.layout):
+    dq = torch.zeros(q.shape, dtype=_acc_dtype(q), device=q.device)
+    packed = chunks.pack(torch.stack([k, v]))
+    acc = [torch.zeros(h.shape, dtype=_acc_dtype(q), device=h.device) for h in packed]
+    acc_exchange = RingExchange(cfg.schedule, cfg.group, cfg.rank)
+    for _, blocks, held in _rotate(cfg, packed):
+        for block in blocks:
             kv = _gather(chunks, held, block)
             if kv is None:
                 continue
@@ -138,14 +143,12 @@ def _run_backward(cfg: EngineConfig, dout, q, k, v, out, lse):
             g_q, g_k, g_v = cfg.kernel.backward(dout[..., rows, :], q[..., rows, :], kv[0], kv[1],
                                                 out[..., rows, :], lse[..., rows], block.causal, cfg.scale)
             dq[..., rows, :] += g_q
-            _scatter_add(chunks, acc, block, torch.stack([g_k, g_v]).to(acc_dtype))
-        if n > 1:
+            _scatter_add(chunks, acc, block, torch.stack([g_k, g_v]).to(acc[0].dtype))
+        if cfg.schedule.world_size > 1:
+            # the accumulators follow their chunks; after the last step this hop brings them home
             arriving = [torch.empty_like(a) for a in acc]
-            exchange.wait(exchange.start(acc, arriving))
+            acc_exchange.wait(acc_exchange.start(acc, arriving))
             acc = arriving
-        if incoming is not None:
-            exchange.wait(handles)
-            held = incoming
     dkv = chunks.unpack(acc, seq)
     return dq.to(q.dtype), dkv[0].to(k.dtype), dkv[1].to(v.dtype)
 
