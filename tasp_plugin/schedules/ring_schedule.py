@@ -94,13 +94,6 @@ class RingSchedule:
         cyc = self.cycles[cycle]
         return cyc[(self._pos[cycle][rank] - step) % self.world_size]
 
-    def cycle_of_arc(self, src: int, dst: int) -> int:
-        """Index of the cycle that uses arc ``src -> dst``, or -1 if none does."""
-        for c in range(self.num_cycles):
-            if self.world_size > 1 and self.successor(src, c) == dst:
-                return c
-        return -1
-
     def peers(self, rank: int) -> list[tuple[int, int, int]]:
         """``(cycle, send_to, recv_from)`` for each cycle: one step's exchange of ``rank``."""
         return [(c, self.successor(rank, c), self.predecessor(rank, c)) for c in range(self.num_cycles)]
