@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 
 from .engine import EngineConfig, RingAttentionFunction
-from .kernels import get_kernel
+from .kernels import BACKENDS, get_kernel
 from .schedules import NoHamiltonianDecomposition, RingSchedule
 
 __all__ = ["context_parallel_attention", "ALGORITHMS", "TENSOR_LAYOUTS"]
@@ -31,11 +31,13 @@ def _schedule(algorithm: str, n: int) -> RingSchedule:
         return RingSchedule.ring(n)
 
 
-def _validate(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str, algorithm: str) -> None:
+def _validate(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str, algorithm: str, backend: str) -> None:
     if layout not in TENSOR_LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {sorted(TENSOR_LAYOUTS)}")
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {ALGORITHMS}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor) or t.dim() != 4:
             raise TypeError(f"{name} must be a 4-D tensor in layout {layout!r}")
@@ -72,13 +74,13 @@ def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     the same layout (and the fp32 LSE ``[batch, heads, local_seq]`` if ``return_lse``). Set the environment
     variable ``TASP_CHECK_SHAPES=1`` to verify that all ranks pass the same shapes (one small all-gather).
     """
-    _validate(q, k, v, layout, algorithm)
+    _validate(q, k, v, layout, algorithm, backend)
     if group is None and not dist.is_initialized():
-        n, rank = 1, 0
-    else:
-        n, rank = dist.get_world_size(group), dist.get_rank(group)
-        if os.environ.get("TASP_CHECK_SHAPES", "0") not in ("", "0") and n > 1:
-            _check_across_ranks(group, n, rank, (q, k, v))
+        raise ValueError("group is None and torch.distributed is not initialised: call "
+                         "torch.distributed.init_process_group first or pass the CP process group as group=")
+    n, rank = dist.get_world_size(group), dist.get_rank(group)
+    if os.environ.get("TASP_CHECK_SHAPES", "0") not in ("", "0") and n > 1:
+        _check_across_ranks(group, n, rank, (q, k, v))
     perm = TENSOR_LAYOUTS[layout]
     qh, kh, vh = (t.permute(*perm).contiguous() for t in (q, k, v))
     if qh.shape[1] % kh.shape[1]:

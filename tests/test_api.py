@@ -9,7 +9,7 @@ from tasp_plugin.layout import shard_sequence, unshard_sequence
 from .reference import reference_attention
 
 
-def test_world_size_one_is_plain_attention_in_every_layout():
+def test_world_size_one_is_plain_attention_in_every_layout(single_rank_group):
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 8, 4, 16, dtype=torch.float64) for _ in range(3))
     ref, _ = reference_attention(q, k, v, True, 0.25)
@@ -23,14 +23,16 @@ def test_world_size_one_is_plain_attention_in_every_layout():
     ({"layout": "bsdh"}, ValueError, "unknown layout"),
     ({"algorithm": "tree"}, ValueError, "unknown algorithm"),
     ({"backend": "fast"}, ValueError, "unknown backend"),
+    ({}, ValueError, "not initialised"),
 ])
 def test_bad_options(kwargs, exc, match):
+    """Each bad option names itself, and no group without torch.distributed says how to fix it."""
     x = torch.randn(1, 4, 2, 8)
     with pytest.raises(exc, match=match):
         context_parallel_attention(x, x, x, **kwargs)
 
 
-def test_bad_tensors():
+def test_bad_tensors(single_rank_group):
     x = torch.randn(1, 4, 4, 8)
     with pytest.raises(TypeError, match="dtype"):
         context_parallel_attention(x, x.double(), x.double())

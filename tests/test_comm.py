@@ -13,11 +13,21 @@ from .distributed import run_distributed
 def _exchange(rank, n, transport):
     schedule = RingSchedule.hamilton(n) if n not in (4, 6) else RingSchedule.ring(n)
     ex = RingExchange(schedule, None, rank, transport)
-    # unequal sizes per cycle, as with uneven sub-chunks
-    send = [torch.full((j + 1, 3), float(100 * rank + j)) for j in range(schedule.num_cycles)]
-    recv = [torch.empty_like(s) for s in send]
+    # two pieces per cycle of unequal sizes (as with uneven sub-chunks), the first one empty on cycle 0;
+    # the receive pieces are contiguous row ranges of one buffer, in reversed order
+    send = [[torch.full((j, 3), float(100 * rank + j)), torch.full((j + 1, 3), float(-100 * rank - j))]
+            for j in range(schedule.num_cycles)]
+    buffer = torch.empty(sum(2 * j + 1 for j in range(schedule.num_cycles)), 3)
+    recv, offset = [], len(buffer)
+    for j in range(schedule.num_cycles):
+        front = buffer[offset - j:offset]
+        back = buffer[offset - 2 * j - 1:offset - j]
+        offset -= 2 * j + 1
+        recv.append([front, back])
     ex.wait(ex.start(send, recv))
-    ok = all(recv[j].eq(100 * schedule.predecessor(rank, j) + j).all().item() for j in range(schedule.num_cycles))
+    ok = all(recv[j][0].eq(100 * schedule.predecessor(rank, j) + j).all().item()
+             and recv[j][1].eq(-100 * schedule.predecessor(rank, j) - j).all().item()
+             for j in range(schedule.num_cycles))
     dist.barrier()
     return ok, ex.transport
 

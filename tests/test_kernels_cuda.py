@@ -39,7 +39,7 @@ def test_auto_picks_cudnn_for_bf16():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_api_on_one_gpu(dtype):
+def test_api_on_one_gpu(dtype, single_rank_group):
     from tasp_plugin.api import context_parallel_attention
 
     torch.manual_seed(0)

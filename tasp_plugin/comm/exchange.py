@@ -25,22 +25,25 @@ def _is_all_to_all(schedule: RingSchedule, rank: int) -> bool:
 
 
 class _AllToAllHandle:
-    """Completes an all_to_all_single and scatters the flat receive buffer into the per-cycle buffers."""
+    """Completes an all_to_all_single and copies the flat receive buffer into the receivers' pieces."""
 
-    def __init__(self, work, flat: torch.Tensor, recv: list[torch.Tensor], order: list[int]) -> None:
-        self.work, self.flat, self.recv, self.order = work, flat, recv, order
+    def __init__(self, work, flat: torch.Tensor, pieces: list[torch.Tensor]) -> None:
+        self.work, self.flat, self.pieces = work, flat, pieces
 
     def wait(self) -> None:
         self.work.wait()
         offset = 0
-        for j in self.order:
-            n = self.recv[j].numel()
-            self.recv[j].copy_(self.flat[offset:offset + n].view_as(self.recv[j]))
-            offset += n
+        for p in self.pieces:
+            p.copy_(self.flat[offset:offset + p.numel()].view_as(p))
+            offset += p.numel()
+
+
+Pieces = list[list[torch.Tensor]]
 
 
 class RingExchange:
-    """Sends ``buffers[j]`` along cycle ``j`` of ``schedule`` for the calling rank of ``group``."""
+    """Sends the pieces of cycle ``j`` (a chunk may be several contiguous tensors, sent in order) to the
+    successor on cycle ``j`` and receives the predecessor's into same-shaped pieces."""
 
     def __init__(self, schedule: RingSchedule, group: dist.ProcessGroup | None, rank: int,
                  transport: str = "auto") -> None:
@@ -59,28 +62,34 @@ class RingExchange:
     def _global(self, group_rank: int) -> int:
         return dist.get_global_rank(self.group, group_rank) if self.group is not None else group_rank
 
-    def start(self, send: list[torch.Tensor], recv: list[torch.Tensor]) -> list:
+    def start(self, send: Pieces, recv: Pieces) -> list:
         """Post all sends and receives of one step; ``wait`` the returned handles before reading ``recv``."""
         if self.transport == "all_to_all":
             return [self._start_all_to_all(send, recv)]
         ops = []
-        for (dst, src), s, r in zip(self._peers, send, recv):
-            ops.append(dist.P2POp(dist.isend, s.contiguous(), self._global(dst), self.group))
-            ops.append(dist.P2POp(dist.irecv, r, self._global(src), self.group))
+        for (dst, src), s_pieces, r_pieces in zip(self._peers, send, recv):
+            for s in s_pieces:
+                if s.numel():
+                    ops.append(dist.P2POp(dist.isend, s.contiguous(), self._global(dst), self.group))
+            for r in r_pieces:
+                if not r.is_contiguous():
+                    raise ValueError("receive pieces must be contiguous tensors")
+                if r.numel():
+                    ops.append(dist.P2POp(dist.irecv, r, self._global(src), self.group))
         return dist.batch_isend_irecv(ops) if ops else []
 
-    def _start_all_to_all(self, send: list[torch.Tensor], recv: list[torch.Tensor]) -> _AllToAllHandle:
+    def _start_all_to_all(self, send: Pieces, recv: Pieces) -> _AllToAllHandle:
         n = self.schedule.world_size
         by_dst = {dst: j for j, (dst, _) in enumerate(self._peers)}
         by_src = {src: j for j, (_, src) in enumerate(self._peers)}
         send_order = [by_dst[p] for p in range(n) if p != self.rank]
-        recv_order = [by_src[p] for p in range(n) if p != self.rank]
-        flat_send = torch.cat([send[j].reshape(-1) for j in send_order])
-        flat_recv = flat_send.new_empty(sum(recv[j].numel() for j in recv_order))
-        in_splits = [send[by_dst[p]].numel() if p != self.rank else 0 for p in range(n)]
-        out_splits = [recv[by_src[p]].numel() if p != self.rank else 0 for p in range(n)]
+        recv_pieces = [piece for p in range(n) if p != self.rank for piece in recv[by_src[p]]]
+        flat_send = torch.cat([piece.reshape(-1) for j in send_order for piece in send[j]])
+        flat_recv = flat_send.new_empty(sum(p.numel() for p in recv_pieces))
+        in_splits = [sum(x.numel() for x in send[by_dst[p]]) if p != self.rank else 0 for p in range(n)]
+        out_splits = [sum(x.numel() for x in recv[by_src[p]]) if p != self.rank else 0 for p in range(n)]
         work = dist.all_to_all_single(flat_recv, flat_send, out_splits, in_splits, group=self.group, async_op=True)
-        return _AllToAllHandle(work, flat_recv, recv, recv_order)
+        return _AllToAllHandle(work, flat_recv, recv_pieces)
 
     @staticmethod
     def wait(handles: list) -> None:

@@ -1,7 +1,8 @@
 """Layer 5: one executor for every ring schedule (ring, zigzag, Hamilton), forward and backward."""
 
-from .blocks import LAYOUTS, Block, plan_step
+from .blocks import LAYOUTS, Block, StepPlan, plan_step, sub_chunk_lengths
 from .executor import EngineConfig, RingAttentionFunction
 from .timing import StepHook, StepTimer
 
-__all__ = ["LAYOUTS", "Block", "EngineConfig", "RingAttentionFunction", "StepHook", "StepTimer", "plan_step"]
+__all__ = ["LAYOUTS", "Block", "EngineConfig", "RingAttentionFunction", "StepHook", "StepPlan", "StepTimer", "plan_step",
+           "sub_chunk_lengths"]
