@@ -8,6 +8,7 @@ import warnings
 import torch
 import torch.distributed as dist
 
+from .comm import EmulatedGroup, group_size_rank
 from .engine import EngineConfig, RingAttentionFunction
 from .kernels import BACKENDS, get_kernel
 from .schedules import NoHamiltonianDecomposition, RingSchedule
@@ -65,7 +66,7 @@ def _check_across_ranks(group, n: int, rank: int, tensors: tuple[torch.Tensor, .
 
 
 def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
-                               group: dist.ProcessGroup | None = None, algorithm: str = "hamilton",
+                               group: dist.ProcessGroup | EmulatedGroup | None = None, algorithm: str = "hamilton",
                                causal: bool = True, softmax_scale: float | None = None, layout: str = "bshd",
                                backend: str = "auto", return_lse: bool = False):
     """Attention of this rank's local query shard over the whole (sharded) sequence of the CP group.
@@ -78,8 +79,8 @@ def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     if group is None and not dist.is_initialized():
         raise ValueError("group is None and torch.distributed is not initialised: call "
                          "torch.distributed.init_process_group first or pass the CP process group as group=")
-    n, rank = dist.get_world_size(group), dist.get_rank(group)
-    if os.environ.get("TASP_CHECK_SHAPES", "0") not in ("", "0") and n > 1:
+    n, rank = group_size_rank(group)
+    if os.environ.get("TASP_CHECK_SHAPES", "0") not in ("", "0") and n > 1 and not isinstance(group, EmulatedGroup):
         _check_across_ranks(group, n, rank, (q, k, v))
     perm = TENSOR_LAYOUTS[layout]
     qh, kh, vh = (t.permute(*perm).contiguous() for t in (q, k, v))

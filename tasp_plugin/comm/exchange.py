@@ -12,8 +12,9 @@ import torch
 import torch.distributed as dist
 
 from ..schedules import RingSchedule
+from .emulation import EmulatedGroup
 
-__all__ = ["RingExchange", "TRANSPORTS"]
+__all__ = ["RingExchange", "TRANSPORTS", "group_size_rank"]
 
 TRANSPORTS = ("auto", "p2p", "all_to_all")
 
@@ -41,6 +42,13 @@ class _AllToAllHandle:
 Pieces = list[list[torch.Tensor]]
 
 
+def group_size_rank(group) -> tuple[int, int]:
+    """``(size, rank)`` of a process group (``None``: the default group) or of an emulated group."""
+    if isinstance(group, EmulatedGroup):
+        return group.size(), group.rank()
+    return dist.get_world_size(group), dist.get_rank(group)
+
+
 class RingExchange:
     """Sends the pieces of cycle ``j`` (a chunk may be several contiguous tensors, sent in order) to the
     successor on cycle ``j`` and receives the predecessor's into same-shaped pieces."""
@@ -49,10 +57,10 @@ class RingExchange:
                  transport: str = "auto") -> None:
         if transport not in TRANSPORTS:
             raise ValueError(f"unknown transport {transport!r}; choose one of {TRANSPORTS}")
-        full = _is_all_to_all(schedule, rank)
+        full = _is_all_to_all(schedule, rank) and not isinstance(group, EmulatedGroup)
         if transport == "all_to_all" and not full:
-            raise ValueError(f"transport 'all_to_all' needs a schedule whose steps are all-to-alls "
-                             f"(flat Hamilton), got {schedule.kind}")
+            raise ValueError(f"transport 'all_to_all' needs a process group and a schedule whose steps are "
+                             f"all-to-alls (flat Hamilton), got {schedule.kind} on {type(group).__name__}")
         self.transport = "all_to_all" if full and transport != "p2p" else "p2p"
         self.schedule = schedule
         self.group = group
@@ -66,6 +74,10 @@ class RingExchange:
         """Post all sends and receives of one step; ``wait`` the returned handles before reading ``recv``."""
         if self.transport == "all_to_all":
             return [self._start_all_to_all(send, recv)]
+        if isinstance(self.group, EmulatedGroup):
+            return self.group.exchange(
+                [(dst, s) for (dst, _), pieces in zip(self._peers, send) for s in pieces if s.numel()],
+                [(src, r) for (_, src), pieces in zip(self._peers, recv) for r in pieces if r.numel()])
         ops = []
         for (dst, src), s_pieces, r_pieces in zip(self._peers, send, recv):
             for s in s_pieces:

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..comm import RingExchange
+from ..comm import EmulatedGroup, RingExchange
 from ..kernels import BlockKernel, merge_into
 from ..schedules import RingSchedule
 from .blocks import StepPlan, plan_step, sub_chunk_lengths
 from .timing import StepHook
 
-__all__ = ["RingAttentionFunction", "EngineConfig"]
+__all__ = ["RingAttentionFunction", "EngineConfig", "run_backward", "run_forward"]
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class EngineConfig:
     """Everything the executor needs besides the tensors."""
 
     schedule: RingSchedule
-    group: dist.ProcessGroup | None
+    group: dist.ProcessGroup | EmulatedGroup | None
     rank: int
     causal: bool
     layout: str
@@ -90,7 +90,8 @@ def _q_rows(part: str, seq: int) -> slice:
     return {"all": slice(0, seq), "front": slice(0, seq // 2), "back": slice(seq // 2, seq)}[part]
 
 
-def _run_forward(cfg: EngineConfig, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+def run_forward(cfg: EngineConfig, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """Forward of one rank without autograd: ``(out, lse)`` in the accumulation dtype (fp32 or fp64)."""
     seq = q.shape[-2]
     lengths = sub_chunk_lengths(seq // 2, cfg.schedule.num_cycles)
     out = torch.zeros(q.shape, dtype=_acc_dtype(q), device=q.device)
@@ -104,7 +105,8 @@ def _run_forward(cfg: EngineConfig, q: torch.Tensor, k: torch.Tensor, v: torch.T
     return out, lse
 
 
-def _run_backward(cfg: EngineConfig, dout, q, k, v, out, lse):
+def run_backward(cfg: EngineConfig, dout, q, k, v, out, lse):
+    """Backward of one rank without autograd: ``(dq, dk, dv)`` for the merged ``out`` and ``lse``."""
     seq = q.shape[-2]
     n = cfg.schedule.world_size
     lengths = sub_chunk_lengths(seq // 2, cfg.schedule.num_cycles)
@@ -134,7 +136,7 @@ class RingAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, cfg: EngineConfig):
-        out, lse = _run_forward(cfg, q, k, v)
+        out, lse = run_forward(cfg, q, k, v)
         out = out.to(q.dtype)
         ctx.cfg = cfg
         ctx.save_for_backward(q, k, v, out, lse)
@@ -144,5 +146,5 @@ class RingAttentionFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, _dlse):
         q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = _run_backward(ctx.cfg, dout.contiguous(), q, k, v, out, lse)
+        dq, dk, dv = run_backward(ctx.cfg, dout.contiguous(), q, k, v, out, lse)
         return dq, dk, dv, None
