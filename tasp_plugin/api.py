@@ -91,7 +91,7 @@ def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
                          f"by 2 * cp_size), got {qh.shape[2]} and {kh.shape[2]}")
     cfg = EngineConfig(_schedule(algorithm, n), group, rank, causal, "zigzag",
                        softmax_scale if softmax_scale is not None else qh.shape[-1] ** -0.5,
-                       get_kernel(backend, qh.device, qh.dtype))
+                       get_kernel(backend, qh.device, qh.dtype, qh.shape[-1]))
     out, lse = RingAttentionFunction.apply(qh, kh, vh, cfg)
     inverse = [perm.index(i) for i in range(4)]
     out = out.permute(*inverse)

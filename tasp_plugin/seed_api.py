@@ -134,7 +134,7 @@ def _run(process_group, q, k, v, schedule: RingSchedule, causal: bool, layout: s
                          f"{dist.get_world_size(process_group)}")
     scale = softmax_scale if softmax_scale is not None else qh.shape[-1] ** -0.5
     cfg = EngineConfig(schedule, process_group, dist.get_rank(process_group), causal, layout, scale,
-                       get_kernel("auto", qh.device, qh.dtype), timer)
+                       get_kernel("auto", qh.device, qh.dtype, qh.shape[-1]), timer)
     out, lse = RingAttentionFunction.apply(qh, kh, vh, cfg)
     return to_bhsd(out), lse
 

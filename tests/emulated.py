@@ -27,7 +27,7 @@ def emulated_errors(n: int, algorithm: str, causal: bool, kv_heads: int, dtype: 
     ref_out, ref_lse = reference_attention(q, k, v, causal, scale)
     (ref_out * dout).sum().backward()
     groups = ThreadGroup.create(n)
-    kernel = get_kernel(backend, torch.device(device), dtype)
+    kernel = get_kernel(backend, torch.device(device), dtype, head_dim)
 
     def bhsd(x, rank):
         return shard_sequence(x.detach(), rank, n, 1).transpose(1, 2).to(device, dtype).contiguous()

@@ -77,3 +77,13 @@ def test_get_kernel():
     assert get_kernel("math", torch.device("cpu"), torch.float32).name == "math"
     with pytest.raises(ValueError, match="unknown backend"):
         get_kernel("cudnn2", torch.device("cpu"), torch.float32)
+
+
+@pytest.mark.parametrize("dtype, head_dim, backend", [
+    (torch.bfloat16, 128, "cudnn"), (torch.float16, 64, "cudnn"), (torch.bfloat16, None, "cudnn"),
+    (torch.bfloat16, 192, "torch_flash"), (torch.bfloat16, 256, "torch_flash"), (torch.bfloat16, 320, "torch_efficient"),
+    (torch.bfloat16, 100, "torch_efficient"), (torch.float32, 64, "torch_efficient")])
+def test_auto_cuda_backend_respects_head_dim_limits(dtype, head_dim, backend):
+    from tasp_plugin.kernels import auto_cuda_backend
+
+    assert auto_cuda_backend(dtype, head_dim) == backend
