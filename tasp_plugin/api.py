@@ -11,25 +11,37 @@ import torch.distributed as dist
 from .comm import EmulatedGroup, group_size_rank
 from .engine import EngineConfig, RingAttentionFunction
 from .kernels import BACKENDS, get_kernel
-from .schedules import NoHamiltonianDecomposition, RingSchedule
+from .plan import schedule_for
+from .schedules import RingSchedule
+from .topology import CPGroups, Topology, detect_topology, resolve_topology
 
 __all__ = ["context_parallel_attention", "ALGORITHMS", "TENSOR_LAYOUTS"]
 
-ALGORITHMS = ("ring", "zigzag", "hamilton", "auto")
+ALGORITHMS = ("ring", "zigzag", "hamilton", "hamilton_flat", "hamilton_multinode", "auto")
 TENSOR_LAYOUTS = {"bshd": (0, 2, 1, 3), "sbhd": (1, 2, 0, 3), "bhsd": (0, 1, 2, 3)}
 _warned: set[int] = set()
 
 
-def _schedule(algorithm: str, n: int) -> RingSchedule:
-    if algorithm in ("ring", "zigzag") or n < 2:
-        return RingSchedule.ring(n)
-    try:
-        return RingSchedule.hamilton(n)
-    except NoHamiltonianDecomposition as exc:
-        if algorithm == "hamilton" and n not in _warned:
-            _warned.add(n)
-            warnings.warn(f"{exc}; falling back to zigzag ring attention", stacklevel=3)
-        return RingSchedule.ring(n)
+def _schedule(algorithm: str, topology: Topology) -> RingSchedule:
+    """The schedule for ``algorithm`` (see ``plan.schedule_for``); warns once where ``hamilton`` has none."""
+    plan = schedule_for(algorithm, topology)
+    n = topology.world_size
+    if algorithm == "hamilton" and plan.algorithm == "zigzag" and n not in _warned:
+        _warned.add(n)
+        warnings.warn(f"{plan.reason}; falling back to zigzag ring attention", stacklevel=3)
+    return plan.schedule
+
+
+def _topology(group, n: int, algorithm: str, topology: Topology | str | None) -> Topology:
+    """The CP group's topology: given, from a ``CPGroups``, or detected (one node for emulated groups, and
+    where the algorithm does not depend on it)."""
+    if algorithm not in ("hamilton", "hamilton_multinode", "auto") or n == 1:
+        return resolve_topology(topology, n) or Topology.uniform(1, n)
+    if isinstance(group, CPGroups):
+        return group.topology if topology is None else resolve_topology(topology, n)
+    if isinstance(group, EmulatedGroup):
+        return resolve_topology(topology, n) or Topology.uniform(1, n)
+    return detect_topology(group, topology)
 
 
 def _validate(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str, algorithm: str, backend: str) -> None:
@@ -66,22 +78,27 @@ def _check_across_ranks(group, n: int, rank: int, tensors: tuple[torch.Tensor, .
 
 
 def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
-                               group: dist.ProcessGroup | EmulatedGroup | None = None, algorithm: str = "hamilton",
-                               causal: bool = True, softmax_scale: float | None = None, layout: str = "bshd",
-                               backend: str = "auto", return_lse: bool = False):
+                               group: dist.ProcessGroup | CPGroups | EmulatedGroup | None = None,
+                               algorithm: str = "hamilton", causal: bool = True, softmax_scale: float | None = None,
+                               layout: str = "bshd", backend: str = "auto", return_lse: bool = False,
+                               topology: Topology | str | None = None):
     """Attention of this rank's local query shard over the whole (sharded) sequence of the CP group.
 
     Inputs are local zigzag shards (``tasp_plugin.layout.shard_sequence``); returns the local output in
-    the same layout (and the fp32 LSE ``[batch, heads, local_seq]`` if ``return_lse``). Set the environment
-    variable ``TASP_CHECK_SHAPES=1`` to verify that all ranks pass the same shapes (one small all-gather).
+    the same layout (and the fp32 LSE ``[batch, heads, local_seq]`` if ``return_lse``). ``group`` is the CP
+    process group, or the ``CPGroups`` of ``build_cp_groups`` (whose intra-node and rail groups then carry
+    those transfers); ``topology`` overrides the detected node layout of the group (e.g. ``"2x4"``). Set
+    ``TASP_CHECK_SHAPES=1`` to verify that all ranks pass the same shapes (one small all-gather).
     """
     _validate(q, k, v, layout, algorithm, backend)
     if group is None and not dist.is_initialized():
         raise ValueError("group is None and torch.distributed is not initialised: call "
                          "torch.distributed.init_process_group first or pass the CP process group as group=")
-    n, rank = group_size_rank(group)
+    links = group if isinstance(group, CPGroups) else None
+    cp_group = links.cp if links is not None else group
+    n, rank = group_size_rank(cp_group)
     if os.environ.get("TASP_CHECK_SHAPES", "0") not in ("", "0") and n > 1 and not isinstance(group, EmulatedGroup):
-        _check_across_ranks(group, n, rank, (q, k, v))
+        _check_across_ranks(cp_group, n, rank, (q, k, v))
     perm = TENSOR_LAYOUTS[layout]
     qh, kh, vh = (t.permute(*perm).contiguous() for t in (q, k, v))
     if qh.shape[1] % kh.shape[1]:
@@ -89,9 +106,9 @@ def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     if qh.shape[2] != kh.shape[2] or qh.shape[2] % 2:
         raise ValueError(f"local q and k/v must have the same even sequence length (global length divisible "
                          f"by 2 * cp_size), got {qh.shape[2]} and {kh.shape[2]}")
-    cfg = EngineConfig(_schedule(algorithm, n), group, rank, causal, "zigzag",
-                       softmax_scale if softmax_scale is not None else qh.shape[-1] ** -0.5,
-                       get_kernel(backend, qh.device, qh.dtype, qh.shape[-1]))
+    cfg = EngineConfig(_schedule(algorithm, _topology(group, n, algorithm, topology)), cp_group, rank, causal,
+                       "zigzag", softmax_scale if softmax_scale is not None else qh.shape[-1] ** -0.5,
+                       get_kernel(backend, qh.device, qh.dtype, qh.shape[-1]), links=links)
     out, lse = RingAttentionFunction.apply(qh, kh, vh, cfg)
     inverse = [perm.index(i) for i in range(4)]
     out = out.permute(*inverse)

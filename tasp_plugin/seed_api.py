@@ -13,15 +13,20 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 
-from .api import _schedule
 from .engine import EngineConfig, RingAttentionFunction, StepTimer
 from .kernels import get_kernel, update_out_and_lse
+from .plan import schedule_for
 from .schedules import (
     RingSchedule,
     calculate_in_mapping_circle,
     calculate_out_mapping_circle,
+    calculate_inter_node_mapping,
+    calculate_intra_node_in_mapping_two_nodes,
+    calculate_intra_node_out_mapping_two_nodes,
     calculate_source_rank_per_iter,
+    gen_hamilton_path_local,
 )
+from .topology import Topology, detect_topology
 
 __all__ = [
     "RingComm",
@@ -35,6 +40,8 @@ __all__ = [
     "hamilton_attention_forward_full_flash_attn_profile",
     "hamilton_attention_forward_causal_flash_attn",
     "hamilton_attention_forward_causal_flash_attn_profile",
+    "hamilton_attention_forward_full_flash_attn_two_nodes",
+    "hamilton_attention_forward_full_flash_attn_two_nodes_profile",
 ]
 
 
@@ -177,12 +184,17 @@ def zigzag_ring_attention_forward_flash_attn_profile(process_group, q, k, v, sof
                  "zigzag", True)
 
 
+def _flat_or_ring(n: int) -> RingSchedule:
+    """The flat K_n schedule (zigzag ring for n = 4, 6, where none exists), whatever the topology."""
+    return schedule_for("hamilton", Topology.uniform(1, n)).schedule
+
+
 def _hamilton_schedule(process_group, world_size: int, looping, out_mapping, in_mapping,
                        source_rank_per_iter=None) -> RingSchedule:
     n = dist.get_world_size(process_group)
     if world_size != n:
         raise ValueError(f"world_size={world_size} but the process group has {n} ranks")
-    schedule = RingSchedule.from_cycles(looping, "hamilton") if looping is not None else _schedule("hamilton", n)
+    schedule = RingSchedule.from_cycles(looping, "hamilton") if looping is not None else _flat_or_ring(n)
     if out_mapping is not None and [list(r) for r in out_mapping] != calculate_out_mapping_circle(schedule.cycles):
         raise ValueError("out_mapping does not match looping (it must be calculate_out_mapping_circle(looping))")
     if in_mapping is not None and [list(r) for r in in_mapping] != calculate_in_mapping_circle(schedule.cycles):
@@ -249,3 +261,42 @@ def hamilton_attention_forward_causal_flash_attn_profile(process_group, q, k, v,
     """:func:`hamilton_attention_forward_causal_flash_attn` plus per-call timings."""
     return _hamilton(process_group, q, k, v, softmax_scale0, dropout_p, world_size, looping, out_mapping,
                      in_mapping, layout, True, True, source_rank_per_iter)
+
+
+def _two_nodes(process_group, q, k, v, softmax_scale0, dropout_p, inter_in_mapping, inter_out_mapping, out_mapping,
+               in_mapping, layout, profile):
+    _unsupported(dropout_p)
+    seq_dim = _seq_dim(layout)
+    topology = detect_topology(process_group)
+    schedule = schedule_for("hamilton_multinode", topology).schedule
+    path0 = gen_hamilton_path_local(topology.gpus_per_node)
+    inter_in, inter_out = calculate_inter_node_mapping(schedule.cycles) if schedule.node_ids == () else (None, None)
+    for name, given, expected in (("inter_in_mapping", inter_in_mapping, inter_in),
+                                  ("inter_out_mapping", inter_out_mapping, inter_out),
+                                  ("out_mapping", out_mapping, calculate_intra_node_out_mapping_two_nodes(path0)),
+                                  ("in_mapping", in_mapping, calculate_intra_node_in_mapping_two_nodes(path0))):
+        if given is not None and [tuple(x) if isinstance(x, (list, tuple)) else x for x in given] != \
+                [tuple(x) if isinstance(x, (list, tuple)) else x for x in expected]:
+            raise ValueError(f"{name} does not match the multi-node schedule of this {topology} group "
+                             f"(leave it None, or pass the value the seed helpers compute)")
+    kk, vv = _join_chunks(k, seq_dim, False), _join_chunks(v, seq_dim, False)
+    timer = StepTimer(q.device) if profile else None
+    out, lse = _run(process_group, q, kk, vv, schedule, False, "zigzag", softmax_scale0, seq_dim, timer)
+    return (out, lse, timer.summary()) if profile else (out, lse)
+
+
+def hamilton_attention_forward_full_flash_attn_two_nodes(process_group, q, k, v, softmax_scale0, dropout_p=0,
+                                                         inter_in_mapping=None, inter_out_mapping=None,
+                                                         out_mapping=None, in_mapping=None, layout="BSND"):
+    """Non-causal multi-node Hamilton attention ((m-K_m-m)^u cycles, any node count >= 2); the node
+    layout comes from ``$TASP_TOPOLOGY`` or the launcher. ``k``/``v`` are lists of the local chunks."""
+    return _two_nodes(process_group, q, k, v, softmax_scale0, dropout_p, inter_in_mapping, inter_out_mapping,
+                      out_mapping, in_mapping, layout, False)
+
+
+def hamilton_attention_forward_full_flash_attn_two_nodes_profile(process_group, q, k, v, softmax_scale0, dropout_p=0,
+                                                                 inter_in_mapping=None, inter_out_mapping=None,
+                                                                 out_mapping=None, in_mapping=None, layout="BSND"):
+    """:func:`hamilton_attention_forward_full_flash_attn_two_nodes` plus per-call timings."""
+    return _two_nodes(process_group, q, k, v, softmax_scale0, dropout_p, inter_in_mapping, inter_out_mapping,
+                      out_mapping, in_mapping, layout, True)

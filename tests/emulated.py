@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from tasp_plugin.api import _schedule
+from tasp_plugin.topology import Topology
 from tasp_plugin.comm import ThreadGroup
 from tasp_plugin.engine import EngineConfig, run_backward, run_forward
 from tasp_plugin.kernels import get_kernel
@@ -17,8 +18,10 @@ from .reference import reference_attention
 
 
 def emulated_errors(n: int, algorithm: str, causal: bool, kv_heads: int, dtype: torch.dtype, seq: int,
-                    device: str = "cpu", backend: str = "auto", heads: int = 4, head_dim: int = 16) -> dict:
-    """Largest error relative to the reference's magnitude of out, lse, dq, dk, dv over all ranks."""
+                    device: str = "cpu", backend: str = "auto", heads: int = 4, head_dim: int = 16,
+                    topology: str | None = None) -> dict:
+    """Largest error relative to the reference's magnitude of out, lse, dq, dk, dv over all ranks
+    (``topology`` such as ``"2x4"`` lays the threads out on emulated nodes)."""
     torch.manual_seed(4321)
     b, scale = 2, head_dim ** -0.5
     q, k, v = (torch.randn(b, seq, hh, head_dim, dtype=torch.float64, requires_grad=True)
@@ -27,13 +30,14 @@ def emulated_errors(n: int, algorithm: str, causal: bool, kv_heads: int, dtype: 
     ref_out, ref_lse = reference_attention(q, k, v, causal, scale)
     (ref_out * dout).sum().backward()
     groups = ThreadGroup.create(n)
+    topology = Topology.parse(topology) if topology else Topology.uniform(1, n)
     kernel = get_kernel(backend, torch.device(device), dtype, head_dim)
 
     def bhsd(x, rank):
         return shard_sequence(x.detach(), rank, n, 1).transpose(1, 2).to(device, dtype).contiguous()
 
     def rank_errors(rank):
-        cfg = EngineConfig(_schedule(algorithm, n), groups[rank], rank, causal, "zigzag", scale, kernel)
+        cfg = EngineConfig(_schedule(algorithm, topology), groups[rank], rank, causal, "zigzag", scale, kernel)
         lq, lk, lv = (bhsd(x, rank) for x in (q, k, v))
         out, lse = run_forward(cfg, lq, lk, lv)
         out = out.to(dtype)

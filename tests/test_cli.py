@@ -28,6 +28,12 @@ def test_plan_multinode_shows_nic_and_rails(capsys):
     assert "rank   0: intra-node [->1: 512.0 KiB" in out and "NIC [->8 (rail 0): 512.0 KiB]" in out
 
 
+def test_plan_odd_node_count_names_the_hops_that_cross_rails(capsys):
+    assert main(["plan", "--world-size", "12", "--gpus-per-node", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "NIC [->4 (rail 0)" in out and "rank   8:" in out and "NIC [->2 (crosses rails 0 -> 2)" in out
+
+
 def test_plan_fallback_for_six(capsys):
     assert main(["plan", "--world-size", "6"]) == 0
     assert "zigzag ring instead" in capsys.readouterr().out

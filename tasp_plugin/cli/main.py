@@ -10,6 +10,11 @@ from ..plan import DTYPE_BYTES, choose_schedule, link_traffic
 from ..schedules import ScheduleError, validate_cycles, multinode_links
 
 
+def _rail(src: int, dst: int, m: int) -> str:
+    """Which rail a NIC hop uses: local index i -> i stays on rail i, otherwise it crosses rails."""
+    return f"rail {src % m}" if src % m == dst % m else f"crosses rails {src % m} -> {dst % m}"
+
+
 def _human(nbytes: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(nbytes) < 1024 or unit == "GiB":
@@ -45,7 +50,7 @@ def _plan(args: argparse.Namespace) -> int:
         intra = ", ".join(f"->{p}: {_human(b)}" for p, b in sorted(t.intra_peers.items()))
         line = f"  rank {r:>3}: intra-node [{intra}]"
         if t.inter_peers:
-            inter = ", ".join(f"->{p} (rail {p % m}): {_human(b)}" for p, b in sorted(t.inter_peers.items()))
+            inter = ", ".join(f"->{p} ({_rail(r, p, m)}): {_human(b)}" for p, b in sorted(t.inter_peers.items()))
             line += f"  NIC [{inter}]"
         print(line)
     if args.plot:

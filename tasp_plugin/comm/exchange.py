@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 
 from ..schedules import RingSchedule
+from ..topology import CPGroups
 from .emulation import EmulatedGroup
 
 __all__ = ["RingExchange", "TRANSPORTS", "group_size_rank"]
@@ -53,8 +54,8 @@ class RingExchange:
     """Sends the pieces of cycle ``j`` (a chunk may be several contiguous tensors, sent in order) to the
     successor on cycle ``j`` and receives the predecessor's into same-shaped pieces."""
 
-    def __init__(self, schedule: RingSchedule, group: dist.ProcessGroup | None, rank: int,
-                 transport: str = "auto") -> None:
+    def __init__(self, schedule: RingSchedule, group: dist.ProcessGroup | EmulatedGroup | None, rank: int,
+                 transport: str = "auto", links: CPGroups | None = None) -> None:
         if transport not in TRANSPORTS:
             raise ValueError(f"unknown transport {transport!r}; choose one of {TRANSPORTS}")
         full = _is_all_to_all(schedule, rank) and not isinstance(group, EmulatedGroup)
@@ -65,6 +66,7 @@ class RingExchange:
         self.schedule = schedule
         self.group = group
         self.rank = rank
+        self.links = links
         self._peers = [(dst, src) for _, dst, src in schedule.peers(rank)]
 
     def _global(self, group_rank: int) -> int:
@@ -78,17 +80,23 @@ class RingExchange:
             return self.group.exchange(
                 [(dst, s) for (dst, _), pieces in zip(self._peers, send) for s in pieces if s.numel()],
                 [(src, r) for (_, src), pieces in zip(self._peers, recv) for r in pieces if r.numel()])
-        ops = []
+        by_group: dict = {}
         for (dst, src), s_pieces, r_pieces in zip(self._peers, send, recv):
             for s in s_pieces:
                 if s.numel():
-                    ops.append(dist.P2POp(dist.isend, s.contiguous(), self._global(dst), self.group))
+                    via = self._via(dst)
+                    by_group.setdefault(via, []).append(dist.P2POp(dist.isend, s.contiguous(), self._global(dst), via))
             for r in r_pieces:
                 if not r.is_contiguous():
                     raise ValueError("receive pieces must be contiguous tensors")
                 if r.numel():
-                    ops.append(dist.P2POp(dist.irecv, r, self._global(src), self.group))
-        return dist.batch_isend_irecv(ops) if ops else []
+                    via = self._via(src)
+                    by_group.setdefault(via, []).append(dist.P2POp(dist.irecv, r, self._global(src), via))
+        # one batch per communicator (intra-node, rail, CP group): NCCL runs them concurrently
+        return [h for ops in by_group.values() for h in dist.batch_isend_irecv(ops)]
+
+    def _via(self, peer: int):
+        return self.links.route(peer) if self.links is not None else self.group
 
     def _start_all_to_all(self, send: Pieces, recv: Pieces) -> _AllToAllHandle:
         n = self.schedule.world_size

@@ -15,6 +15,7 @@ import torch.distributed as dist
 from ..comm import EmulatedGroup, RingExchange
 from ..kernels import BlockKernel, merge_into
 from ..schedules import RingSchedule
+from ..topology import CPGroups
 from .blocks import StepPlan, plan_step, sub_chunk_lengths
 from .timing import StepHook
 
@@ -33,6 +34,7 @@ class EngineConfig:
     scale: float
     kernel: BlockKernel
     hook: StepHook | None = None
+    links: CPGroups | None = None
 
     def plan(self, step: int, lengths: list[int]) -> StepPlan:
         """This rank's buffer layout and kernel calls at ``step``."""
@@ -58,7 +60,7 @@ def _rotate(cfg: EngineConfig, buf: torch.Tensor, lengths: list[int]):
     """Yield ``(step, plan, buffer)`` for every step while the next step's chunks are in flight: posts the
     exchange before the caller computes and completes it after (overlap of comm and compute). Incoming
     pieces land where the next step's plan wants them, so its blocks are contiguous rows."""
-    exchange = RingExchange(cfg.schedule, cfg.group, cfg.rank)
+    exchange = RingExchange(cfg.schedule, cfg.group, cfg.rank, links=cfg.links)
     n = cfg.schedule.world_size
     plan = cfg.plan(0, lengths)
     for step in range(n):
@@ -113,7 +115,7 @@ def run_backward(cfg: EngineConfig, dout, q, k, v, out, lse):
     dq = torch.zeros(q.shape, dtype=_acc_dtype(q), device=q.device)
     kv = _kv_rows(k, v)
     acc = torch.zeros(kv.shape, dtype=_acc_dtype(q), device=q.device)
-    acc_exchange = RingExchange(cfg.schedule, cfg.group, cfg.rank)
+    acc_exchange = RingExchange(cfg.schedule, cfg.group, cfg.rank, links=cfg.links)
     for step, plan, buf in _rotate(cfg, kv, lengths):
         for block in plan.blocks:
             rows = _q_rows(block.q_part, seq)

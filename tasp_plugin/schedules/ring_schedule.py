@@ -18,7 +18,8 @@ class RingSchedule:
 
     After ``world_size - 1`` hops every rank has held chunk ``j`` of every other rank, for every ``j``.
     ``kind`` is ``"ring"``, ``"hamilton"``, ``"multinode"`` or ``"custom"``; ``nodes`` and
-    ``gpus_per_node`` describe the layout a multi-node schedule was built for.
+    ``gpus_per_node`` describe the layout a multi-node schedule was built for, ``node_ids`` (if set) the
+    node of each rank where ranks of a node are not numbered consecutively.
     """
 
     world_size: int
@@ -26,6 +27,7 @@ class RingSchedule:
     kind: str = "custom"
     nodes: int = 1
     gpus_per_node: int = 0
+    node_ids: tuple[int, ...] = ()
     _pos: tuple[tuple[int, ...], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -100,4 +102,15 @@ class RingSchedule:
 
     def node_of(self, rank: int) -> int:
         """Node index of ``rank`` in the layout the schedule was built for."""
-        return rank // self.gpus_per_node
+        return self.node_ids[rank] if self.node_ids else rank // self.gpus_per_node
+
+    def relabeled(self, ranks: Sequence[int]) -> RingSchedule:
+        """The same schedule with rank ``i`` renamed ``ranks[i]`` (a permutation): for a multi-node group
+        whose node members are not consecutive group ranks."""
+        if sorted(ranks) != list(range(self.world_size)):
+            raise ValueError(f"ranks must be a permutation of 0..{self.world_size - 1}, got {list(ranks)}")
+        node_ids = [0] * self.world_size
+        for i, r in enumerate(ranks):
+            node_ids[r] = self.node_of(i)
+        cycles = tuple(tuple(ranks[v] for v in cyc) for cyc in self.cycles)
+        return RingSchedule(self.world_size, cycles, self.kind, self.nodes, self.gpus_per_node, tuple(node_ids))
