@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 
@@ -30,6 +31,21 @@ def _schedule(algorithm: str, topology: Topology) -> RingSchedule:
         _warned.add(n)
         warnings.warn(f"{plan.reason}; falling back to zigzag ring attention", stacklevel=3)
     return plan.schedule
+
+
+@functools.lru_cache(maxsize=64)
+def _auto_choice(topology: Topology, shape: tuple[int, int, int, int, int], nbytes: int, causal: bool,
+                 device_name: str, interconnect: str | None) -> str:
+    """The cost model's fastest schedule name for this CP group and call shape (cached per shape)."""
+    from .costmodel import Problem, choose_algorithm, interconnect_for
+
+    batch, heads, kv_heads, seq, head_dim = shape
+    m = topology.gpus_per_node
+    machine = (interconnect_for(topology.num_nodes, m, interconnect, device_name) if m is not None
+               else interconnect_for(1, topology.world_size, interconnect, device_name))
+    problem = Problem(seq * topology.world_size, heads, kv_heads, head_dim, batch, nbytes, causal)
+    choice = choose_algorithm(machine, problem)
+    return "zigzag" if choice.schedule == "ring" else choice.schedule
 
 
 def _topology(group, n: int, algorithm: str, topology: Topology | str | None) -> Topology:
@@ -106,7 +122,13 @@ def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     if qh.shape[2] != kh.shape[2] or qh.shape[2] % 2:
         raise ValueError(f"local q and k/v must have the same even sequence length (global length divisible "
                          f"by 2 * cp_size), got {qh.shape[2]} and {kh.shape[2]}")
-    cfg = EngineConfig(_schedule(algorithm, _topology(group, n, algorithm, topology)), cp_group, rank, causal,
+    topo = _topology(group, n, algorithm, topology)
+    if algorithm == "auto" and qh.is_cuda and n > 1:
+        # on GPUs "auto" asks the cost model (interconnect: $TASP_INTERCONNECT or the GPU's name)
+        algorithm = _auto_choice(topo, (qh.shape[0], qh.shape[1], kh.shape[1], qh.shape[2], qh.shape[3]),
+                                 qh.element_size(), causal, torch.cuda.get_device_name(qh.device),
+                                 os.environ.get("TASP_INTERCONNECT") or None)
+    cfg = EngineConfig(_schedule(algorithm, topo), cp_group, rank, causal,
                        "zigzag", softmax_scale if softmax_scale is not None else qh.shape[-1] ** -0.5,
                        get_kernel(backend, qh.device, qh.dtype, qh.shape[-1]), links=links)
     out, lse = RingAttentionFunction.apply(qh, kh, vh, cfg)

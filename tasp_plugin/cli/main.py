@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from ..costmodel import MACHINES
 from ..plan import DTYPE_BYTES, choose_schedule, link_traffic
 from ..schedules import ScheduleError, validate_cycles, multinode_links
 
@@ -53,6 +54,8 @@ def _plan(args: argparse.Namespace) -> int:
             inter = ", ".join(f"->{p} ({_rail(r, p, m)}): {_human(b)}" for p, b in sorted(t.inter_peers.items()))
             line += f"  NIC [{inter}]"
         print(line)
+    if args.interconnect:
+        _predict(args, n, m)
     if args.plot:
         from .plot import plot_schedule
 
@@ -61,8 +64,23 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace, n: int, m: int) -> None:
+    """The cost model's forward and forward+backward times of each candidate on ``--interconnect``."""
+    from ..costmodel import Problem, choose_algorithm, interconnect_for
+
+    machine = interconnect_for(n // m, m, args.interconnect)
+    problem = Problem(args.seqlen, args.heads, args.kv_heads or args.heads, args.head_dim, args.batch,
+                      DTYPE_BYTES[args.dtype], args.causal)
+    choice = choose_algorithm(machine, problem)
+    print(f"cost model on {machine.name} ({'causal' if args.causal else 'non-causal'}):")
+    for name, p in choice.predictions.items():
+        print(f"  {name:<20} forward {p.fwd_s * 1e3:9.3f} ms   forward+backward {p.fwd_bwd_s * 1e3:9.3f} ms")
+    print(f"  algorithm='auto' on GPUs picks {choice.schedule}: {choice.reason}")
+
+
 PLAN_DEFAULTS = {"world_size": None, "gpus_per_node": None, "seqlen": 131072, "heads": 32, "kv_heads": None,
-                 "head_dim": 128, "batch": 1, "dtype": "bf16", "plot": None}
+                 "head_dim": 128, "batch": 1, "dtype": "bf16", "plot": None, "interconnect": None,
+                 "causal": True}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, help="micro-batch size (default 1)")
     p.add_argument("--dtype", choices=sorted(DTYPE_BYTES), help="K/V dtype on the wire")
     p.add_argument("--plot", metavar="FILE.png", help="draw the cycles to a PNG (needs matplotlib)")
+    p.add_argument("--interconnect", choices=sorted(MACHINES),
+                   help="also predict each algorithm's time on this machine with the cost model")
+    p.add_argument("--no-causal", dest="causal", action="store_false", help="predict non-causal attention")
     p.set_defaults(func=_plan, **PLAN_DEFAULTS)
     return parser
 

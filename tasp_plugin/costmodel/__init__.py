@@ -1,0 +1,36 @@
+"""Communication cost model: predicted step and end-to-end times of ring, zigzag and Hamilton attention.
+
+Pure Python (no torch). Describe the interconnect (:class:`FullMesh`, :class:`Switch`, :class:`MultiNode`, or a
+preset such as :data:`MI300X_MESH`), the attention call (:class:`Problem`) and the kernel rates
+(:class:`ComputeRates`); :func:`predict` gives one algorithm's timeline, :func:`choose_algorithm` the fastest.
+"""
+
+from .choose import Choice, choose_algorithm
+from .interconnect import FullMesh, Interconnect, MultiNode, Switch
+from .machines import INTERCONNECT_ENV, MACHINES, interconnect_for
+from .predict import ALGORITHMS, Prediction, StepTime, predict, step_sends
+from .presets import H100_NVSWITCH, H200_NVSWITCH, MI300X_MESH, h100_nodes
+from .problem import ComputeRates, Problem
+
+__all__ = [
+    "ALGORITHMS",
+    "H100_NVSWITCH",
+    "H200_NVSWITCH",
+    "INTERCONNECT_ENV",
+    "MACHINES",
+    "MI300X_MESH",
+    "Choice",
+    "ComputeRates",
+    "FullMesh",
+    "Interconnect",
+    "MultiNode",
+    "Prediction",
+    "Problem",
+    "StepTime",
+    "Switch",
+    "choose_algorithm",
+    "h100_nodes",
+    "interconnect_for",
+    "predict",
+    "step_sends",
+]

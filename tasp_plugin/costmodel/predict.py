@@ -1,0 +1,157 @@
+"""Per-step and end-to-end time of ring, zigzag and Hamilton attention: each step is max(compute, transfer).
+
+Step ``s`` (``s = 0 .. n-1``) computes on the chunks held at step ``s`` while the chunks for step ``s + 1`` are
+in flight, so a step lasts the longer of the two; the slowest rank sets the pace. Per step a rank sends its
+whole local K/V once, split evenly over the schedule's cycles (ring: all of it to one peer; flat Hamilton:
+``1/(n-1)`` to each of ``n-1`` peers; multi-node Hamilton: ``1/m`` to each of ``m-1`` node peers and one NIC
+peer). The backward also carries the dK/dV accumulators along the same cycles (DESIGN.md section 3): window
+``s`` sends K/V for step ``s + 1`` and the accumulators of step ``s - 1``, and one last hop brings the
+accumulators home after the final step, not overlapped with anything.
+
+Compute per step follows the causal rule of DESIGN.md section 2. On zigzag shards (``zigzag`` and the Hamilton
+schedules) every rank does half a local-sized block every step. ``ring`` is the paper's Ring Attention
+baseline on contiguous shards: a chunk from an earlier rank is a full unmasked block, one from a later rank is
+skipped, so some rank does a full block every step after the first. Without a causal mask all algorithms do a
+full block every step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..schedules import RingSchedule
+from .interconnect import Interconnect, MultiNode
+from .problem import ComputeRates, Problem
+
+__all__ = ["ALGORITHMS", "Prediction", "StepTime", "predict", "step_sends"]
+
+ALGORITHMS = ("ring", "zigzag", "hamilton_flat", "hamilton_multinode")
+
+
+@dataclass(frozen=True)
+class StepTime:
+    """One step of the slowest rank: compute and the overlapped transfer, in seconds."""
+
+    compute_s: float
+    comm_s: float
+
+    @property
+    def time_s(self) -> float:
+        """Overlapped step time: the longer of compute and transfer."""
+        return max(self.compute_s, self.comm_s)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Predicted timeline of one attention call: forward steps, backward steps and the backward's last hop."""
+
+    algorithm: str
+    world_size: int
+    num_cycles: int
+    fwd_steps: tuple[StepTime, ...]
+    bwd_steps: tuple[StepTime, ...]
+    bwd_tail_s: float
+
+    @property
+    def fwd_s(self) -> float:
+        """Forward time in seconds."""
+        return sum(step.time_s for step in self.fwd_steps)
+
+    @property
+    def bwd_s(self) -> float:
+        """Backward time in seconds, including the final dK/dV hop home."""
+        return sum(step.time_s for step in self.bwd_steps) + self.bwd_tail_s
+
+    @property
+    def fwd_bwd_s(self) -> float:
+        """Forward plus backward time in seconds."""
+        return self.fwd_s + self.bwd_s
+
+    @property
+    def comm_bound(self) -> bool:
+        """Whether transfers, not compute, set the forward's pace (over the steps that overlap a transfer)."""
+        overlapped = self.fwd_steps[:-1]
+        return sum(s.comm_s for s in overlapped) > sum(s.compute_s for s in overlapped)
+
+
+def _schedule(algorithm: str, interconnect: Interconnect, world_size: int) -> RingSchedule:
+    """The ring schedule ``algorithm`` runs on ``world_size`` ranks of ``interconnect``.
+
+    Raises ValueError (NoHamiltonianDecomposition, NoPathDecomposition) where the schedule does not exist.
+    """
+    if algorithm in ("ring", "zigzag"):
+        return RingSchedule.ring(world_size)
+    if algorithm == "hamilton_flat":
+        return RingSchedule.hamilton(world_size)
+    if algorithm == "hamilton_multinode":
+        if not isinstance(interconnect, MultiNode):
+            raise ValueError("algorithm 'hamilton_multinode' needs a MultiNode interconnect")
+        return RingSchedule.multinode(interconnect.nodes, interconnect.gpus_per_node)
+    raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {ALGORITHMS}")
+
+
+def step_sends(schedule: RingSchedule, rank: int, nbytes: float) -> dict[int, float]:
+    """Bytes ``rank`` sends to each peer in one step when it moves ``nbytes`` split evenly over the cycles."""
+    chunk = nbytes / schedule.num_cycles
+    sends: dict[int, float] = {}
+    for _, dst, _ in schedule.peers(rank):
+        if dst != rank:
+            sends[dst] = sends.get(dst, 0.0) + chunk
+    return sends
+
+
+def _work(schedule: RingSchedule, rank: int, step: int, causal: bool, contiguous: bool) -> tuple[float, int]:
+    """(fraction of a local-sized unmasked block, number of kernel calls) for ``rank`` at ``step``."""
+    if not causal:
+        return 1.0, 1
+    if step == 0:
+        return 0.5, 1
+    earlier = sum(schedule.source(rank, c, step) < rank for c in range(schedule.num_cycles))
+    later = schedule.num_cycles - earlier
+    if contiguous:
+        return earlier / schedule.num_cycles, int(earlier > 0)
+    return 0.5, int(earlier > 0) + int(later > 0)
+
+
+def _comm_seconds(interconnect: Interconnect, schedule: RingSchedule, nbytes: float) -> float:
+    """Transfer time of one step in which every rank moves ``nbytes``: the slowest rank's."""
+    if nbytes <= 0 or schedule.world_size < 2:
+        return 0.0
+    return max(interconnect.comm_seconds(r, step_sends(schedule, r, nbytes)) for r in range(schedule.world_size))
+
+
+def _world_size(interconnect: Interconnect, world_size: int | None) -> int:
+    if world_size is None:
+        return interconnect.world_size
+    if not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size must be a positive int, got {world_size!r}")
+    if isinstance(interconnect, MultiNode) and world_size != interconnect.world_size:
+        raise ValueError(f"world_size {world_size} must equal the MultiNode interconnect's {interconnect.world_size} "
+                         "(describe a group inside one node by the intra interconnect)")
+    if world_size > interconnect.world_size:
+        raise ValueError(f"world_size {world_size} exceeds the interconnect's {interconnect.world_size} GPUs")
+    return world_size
+
+
+def predict(interconnect: Interconnect, problem: Problem, algorithm: str, rates: ComputeRates | None = None,
+            world_size: int | None = None) -> Prediction:
+    """Predict ``algorithm``'s forward and backward timeline for ``problem`` on ``world_size`` ranks (default:
+    all GPUs of ``interconnect``) with kernel ``rates`` (default: the measured H100 numbers)."""
+    rates = rates or ComputeRates()
+    n = _world_size(interconnect, world_size)
+    schedule = _schedule(algorithm, interconnect, n)
+    block = problem.block_flops(n)
+    kv = problem.kv_elements(n) * problem.dtype_bytes
+    grads = problem.kv_elements(n) * problem.grad_bytes
+    kv_only, grads_only, both = (_comm_seconds(interconnect, schedule, b) for b in (kv, grads, kv + grads))
+    overhead = rates.call_overhead_us * 1e-6
+    fwd, bwd = [], []
+    for s in range(n):
+        work = [_work(schedule, r, s, problem.causal, algorithm == "ring") for r in range(n)]
+        fwd_compute = max(w * block / (rates.fwd_tflops * 1e12) + calls * overhead for w, calls in work)
+        bwd_compute = max(w * block * rates.bwd_flop_ratio / (rates.bwd_tflops * 1e12) + calls * overhead
+                          for w, calls in work)
+        last = s == n - 1
+        fwd.append(StepTime(fwd_compute, 0.0 if last else kv_only))
+        bwd.append(StepTime(bwd_compute, (kv_only if s == 0 else grads_only if last else both)))
+    return Prediction(algorithm, n, schedule.num_cycles, tuple(fwd), tuple(bwd), grads_only)

@@ -1,0 +1,75 @@
+"""What is computed (attention shape) and how fast a GPU computes it (measured or assumed kernel rates)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["ComputeRates", "Problem"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One attention call of a context-parallel group: ``seq_len`` is the total (global) number of tokens.
+
+    ``dtype_bytes`` is the K/V element size on the wire (2 for bf16); ``grad_bytes`` that of the dK/dV
+    accumulators in the backward (4: the package's fp32 default; 2 halves backward traffic).
+    """
+
+    seq_len: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    batch: int = 1
+    dtype_bytes: int = 2
+    causal: bool = True
+    grad_bytes: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("seq_len", "heads", "kv_heads", "head_dim", "batch", "dtype_bytes", "grad_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"Problem: {name} must be a positive int, got {value!r}")
+        if self.heads % self.kv_heads:
+            raise ValueError(f"Problem: heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})")
+        if not isinstance(self.causal, bool):
+            raise TypeError(f"Problem: causal must be a bool, got {self.causal!r}")
+
+    def local_tokens(self, world_size: int) -> int:
+        """Tokens per rank; zigzag sharding needs ``seq_len`` divisible by ``2 * world_size``."""
+        if self.seq_len % (2 * world_size):
+            raise ValueError(f"Problem: seq_len {self.seq_len} must be divisible by 2 * world_size = {2 * world_size}")
+        return self.seq_len // world_size
+
+    def kv_elements(self, world_size: int) -> int:
+        """Elements of one rank's local K plus V."""
+        return 2 * self.batch * self.local_tokens(world_size) * self.kv_heads * self.head_dim
+
+    def block_flops(self, world_size: int) -> float:
+        """Forward FLOPs of local Q against a local-sized K/V block without mask (QK^T and PV, 2 per MAC)."""
+        tokens = self.local_tokens(world_size)
+        return 4.0 * self.batch * self.heads * self.head_dim * tokens * tokens
+
+
+@dataclass(frozen=True)
+class ComputeRates:
+    """Per-GPU attention kernel rates, the inputs that decide when a step is compute-bound.
+
+    ``fwd_tflops``: 630, measured here for cuDNN bf16 forward on one H100 (DESIGN.md, issue 7).
+    ``bwd_flop_ratio``: a flash-style backward runs 5 matmuls (recompute QK^T, dV, dP, dQ, dK) against the
+    forward's 2, so 2.5x the forward FLOPs. ``bwd_tflops``: 450, an assumption (backward kernels run slower
+    than forward: recomputation, dQ accumulation, more memory traffic); replace it with a measurement.
+    ``call_overhead_us``: fixed cost of one block-attention call plus its out/LSE merge (launches, small
+    tails); Hamilton issues two calls per causal step where ring issues one. 5 us is an assumption.
+    """
+
+    fwd_tflops: float = 630.0
+    bwd_tflops: float = 450.0
+    bwd_flop_ratio: float = 2.5
+    call_overhead_us: float = 5.0
+
+    def __post_init__(self) -> None:
+        for name in ("fwd_tflops", "bwd_tflops", "bwd_flop_ratio"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"ComputeRates: {name} must be > 0, got {getattr(self, name)!r}")
+        if not self.call_overhead_us >= 0:
+            raise ValueError(f"ComputeRates: call_overhead_us must be >= 0, got {self.call_overhead_us!r}")
