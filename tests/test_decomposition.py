@@ -13,7 +13,7 @@ from tasp_plugin.schedules import (
 )
 from tasp_plugin.schedules import decomposition as deco
 
-SUPPORTED = [n for n in range(2, 65) if n not in (4, 6)]
+SUPPORTED = [n for n in range(2, 129) if n not in (4, 6)]
 
 
 def assert_decomposition(cycles, n):
@@ -28,7 +28,7 @@ def assert_decomposition(cycles, n):
 
 
 @pytest.mark.parametrize("n", SUPPORTED)
-def test_every_supported_n_up_to_64_is_a_decomposition(n):
+def test_every_supported_n_up_to_128_is_a_decomposition(n):
     assert_decomposition(hamiltonian_decomposition(n), n)
 
 
@@ -47,27 +47,40 @@ def test_bad_world_size_is_a_value_error(bad):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(min_value=2, max_value=64).filter(lambda n: n not in (4, 6)))
+@given(st.integers(min_value=2, max_value=128).filter(lambda n: n not in (4, 6)))
 def test_property_decomposition(n):
     assert_decomposition(hamiltonian_decomposition(n), n)
 
 
-@pytest.mark.parametrize("n", [8, 10, 12, 14, 18, 22, 26, 30])
-def test_search_without_cache_finds_valid_insertion(n, monkeypatch):
-    """The search itself (not the shipped cache) yields a valid decomposition for n % 4 == 0 and 2."""
-    shipped = deco._cached_insertion_paths()
-    monkeypatch.setattr(deco, "_cached_insertion_paths", lambda: {})
-    path = deco.find_insertion_path(n)
-    assert sorted(path) == list(range(n - 1))
-    assert path == shipped[n], "the shipped cache must be what build_cache reproduces"
-    assert_decomposition(deco._even_cycles(n), n)
+def base_cycle_of_arc(n):
+    """Arc -> index of the cycle holding it in the zig-zag decomposition of K*_{n-1}, built from scratch."""
+    m = n - 2
+    seq = zigzag_sequencing(m)
+    owner = {}
+    for i in range(m):
+        cyc = [m] + [(x + i) % m for x in seq]
+        owner.update({(cyc[k], cyc[(k + 1) % (m + 1)]): i for k in range(m + 1)})
+    return owner
 
 
-def test_shipped_cache_entries_are_valid_paths():
-    cache = deco._cached_insertion_paths()
-    assert all(n in cache for n in range(8, 65, 2)), "cache must cover every even n <= 64"
-    for n, path in cache.items():
-        assert_decomposition(deco._even_cycles(n), n)
+def test_insertion_path_is_rainbow_hamiltonian_for_every_even_n_up_to_200():
+    """The closed form needs no search: it visits every vertex and uses one arc of each base cycle."""
+    for n in range(8, 201, 2):
+        path = deco.insertion_path(n)
+        owner = base_cycle_of_arc(n)
+        assert sorted(path) == list(range(n - 1)), n
+        assert sorted(owner[arc] for arc in zip(path, path[1:])) == list(range(n - 2)), n
+
+
+def test_insertion_path_shape():
+    """0, the odd residues, inf = 10, the even ones, with h + 1 = 6 moved behind h = 5 (n = 12)."""
+    assert deco.insertion_path(12) == [0, 1, 3, 5, 6, 7, 9, 10, 2, 4, 8]
+
+
+@pytest.mark.parametrize("n", [4, 6, 7, 9])
+def test_insertion_path_rejects_odd_and_small_n(n):
+    with pytest.raises(ValueError, match="even n >= 8"):
+        deco.insertion_path(n)
 
 
 @pytest.mark.parametrize("m", [2, 4, 6, 8, 10, 16])

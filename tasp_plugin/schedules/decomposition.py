@@ -9,19 +9,16 @@ Construction (pure combinatorics, no torch):
 * even ``n >= 8``: take the odd decomposition of K*_{n-1} and a second fixed point ``n-1``. Pick one arc
   ``x -> y`` from each of its ``n-2`` cycles so that the picked arcs form a Hamiltonian path of K*_{n-1};
   inserting ``n-1`` between ``x`` and ``y`` keeps every cycle Hamiltonian, and ``n-1`` followed by the
-  path closes the last cycle. The arc choice is found by a randomised depth-first search with restarts
-  (any such choice is correct, and every result is validated); the searched paths are cached in
-  ``even_insertions.json`` by ``python -m tasp_plugin.schedules.build_cache``, since the search for
-  some n takes seconds to minutes.
+  path closes the last cycle. The path is given in closed form by :func:`insertion_path` (no search, no
+  cache; every result is still validated), so any even n costs milliseconds. Existence for every even
+  n >= 8 is Tillson's theorem (T. W. Tillson, J. Combin. Theory B 29 (1980) 68-74); this path is our own
+  construction, proved in :func:`insertion_path`'s docstring and checked by the tests up to n = 200.
 * ``n = 4, 6``: no decomposition exists (Bermond-Faber); :class:`NoHamiltonianDecomposition`.
 """
 
 from __future__ import annotations
 
-import json
-import random
 from functools import lru_cache
-from importlib import resources
 
 from .validation import validate_cycles, validate_paths
 
@@ -30,11 +27,11 @@ __all__ = [
     "NoPathDecomposition",
     "hamiltonian_decomposition",
     "hamiltonian_path_decomposition",
+    "insertion_path",
     "zigzag_sequencing",
-    "find_insertion_path",
 ]
 
-_CACHE_FILE = "even_insertions.json"
+_INSERTION_PATH_8 = (2, 4, 6, 5, 3, 1, 0)
 
 
 class NoHamiltonianDecomposition(ValueError):
@@ -74,85 +71,33 @@ def _arc_owner(cycles: list[list[int]], n: int) -> list[list[int]]:
     return owner
 
 
-def find_insertion_path(n: int, seed: int = 0, budget_per_vertex: int = 20) -> list[int]:
-    """Search a rainbow Hamiltonian path of the odd decomposition of K*_{n-1} (n even, n >= 8).
+def insertion_path(n: int) -> list[int]:
+    """Closed-form rainbow Hamiltonian path of the zig-zag decomposition of K*_{n-1} (n even, n >= 8).
 
-    The path visits all n-1 vertices and uses exactly one arc of each of the n-2 cycles. Randomised
-    depth-first search with restarts (the run time of one search is heavy-tailed, so many short searches
-    beat one long one); deterministic for a given ``seed``.
+    With ``m = n - 2``, ``h = m / 2`` and the fixed point ``inf = m``: ``0``, the odd residues, ``inf``, the
+    even residues ``2..m-2``, each in increasing order, with ``h + 1`` moved to just after ``h``.
+    Proof: in the zig-zag decomposition arc ``x -> x + d`` (``0 < d < m``) lies in cycle ``x + (d-1)/2``
+    for odd d and ``x + d/2 - h`` for even d, ``inf -> y`` in cycle ``y`` and ``x -> inf`` in cycle
+    ``x - h``. The arcs ``0 -> 1``, ``h-1 -> h+3``, ``inf -> 2``, ``m-1 -> inf``, ``h -> h+1`` and
+    ``h+1 -> h+2`` take cycles 0, 1, 2, h-1, h, h+1; the four runs of step 2 (odd and even vertices below
+    and above h) take the other residues once each. n = 8 (m = 6, too small for the pattern) uses a path
+    found by computer search.
     """
     if n % 2 or n < 8:
         raise ValueError(f"insertion paths exist for even n >= 8, got {n}")
-    m = n - 2
-    seq = zigzag_sequencing(m)
-    diff = [(seq[j + 1] - seq[j]) % m for j in range(m - 1)]
-    rnd = random.Random(seed)
-    while True:
-        first = rnd.randrange(m)
-        rest = [j for j in range(m) if j != first]
-        rnd.shuffle(rest)
-        start = rnd.choice([m] + list(range(m)))
-        path = _dfs_path(m, seq, diff, [first] + rest, start, budget_per_vertex * m)
-        if path is not None:
-            return path
-
-
-def _dfs_path(m: int, seq: list[int], diff: list[int], order: list[int], start: int, limit: int):
-    """One bounded depth-first search for the insertion path; None when the budget runs out."""
-    inf = m
-    visited = [False] * (m + 1)
-    used = [False] * m
-    path = [start]
-    visited[start] = True
-    budget = [limit]
-
-    def successors(x: int):
-        if x == inf:
-            return [(i, i) for i in range(m)]
-        out = []
-        for j in order:
-            if j == m - 1:
-                out.append((inf, (x - seq[m - 1]) % m))
-            else:
-                out.append(((x + diff[j]) % m, (x - seq[j]) % m))
-        return out
-
-    def extend(x: int) -> bool:
-        budget[0] -= 1
-        if budget[0] < 0:
-            raise TimeoutError
-        if len(path) == m + 1:
-            return True
-        for y, cyc in successors(x):
-            if visited[y] or used[cyc]:
-                continue
-            visited[y] = used[cyc] = True
-            path.append(y)
-            if extend(y):
-                return True
-            visited[y] = used[cyc] = False
-            path.pop()
-        return False
-
-    try:
-        return path if extend(start) else None
-    except TimeoutError:
-        return None
-
-
-@lru_cache(maxsize=None)
-def _cached_insertion_paths() -> dict[int, list[int]]:
-    try:
-        text = resources.files(__package__).joinpath(_CACHE_FILE).read_text()
-    except FileNotFoundError:
-        return {}
-    return {int(k): v for k, v in json.loads(text).items()}
+    if n == 8:
+        return list(_INSERTION_PATH_8)
+    m, h = n - 2, (n - 2) // 2
+    path = [0, *range(1, m, 2), m, *range(2, m, 2)]
+    path.remove(h + 1)
+    path.insert(path.index(h) + 1, h + 1)
+    return path
 
 
 def _even_cycles(n: int) -> list[list[int]]:
     """Decomposition of K*_n, n even >= 8: the odd one of K*_{n-1} with vertex n-1 inserted."""
     base = _rotational_cycles(n - 1)
-    path = _cached_insertion_paths().get(n) or find_insertion_path(n)
+    path = insertion_path(n)
     owner = _arc_owner(base, n - 1)
     cycles = [list(c) for c in base]
     for x, y in zip(path, path[1:]):
