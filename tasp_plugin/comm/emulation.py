@@ -39,13 +39,20 @@ class _Done:
 
 
 class LoopbackGroup(EmulatedGroup):
-    """Rank ``rank`` of ``world_size`` running alone: the i-th receive gets a copy of the i-th send."""
+    """Rank ``rank`` of ``world_size`` running alone: the i-th receive gets a copy of the i-th send, or,
+    with ``deliver=False``, is left as allocated (a transfer that fully overlaps compute, as NCCL's own
+    stream would; the data is then meaningless, only the timing counts)."""
+
+    def __init__(self, world_size: int, rank: int, deliver: bool = True) -> None:
+        super().__init__(world_size, rank)
+        self.deliver = deliver
 
     def exchange(self, sends, recvs):
         if len(sends) != len(recvs):
             raise ValueError("loopback needs as many sends as receives in one exchange")
-        for (_, s), (_, r) in zip(sends, recvs):
-            r.copy_(s.view_as(r))
+        if self.deliver:
+            for (_, s), (_, r) in zip(sends, recvs):
+                r.copy_(s.view_as(r))
         return [_Done()]
 
 

@@ -17,9 +17,14 @@ __all__ = ["CudnnKernel", "TorchFlashKernel", "TorchEfficientKernel"]
 _aten = torch.ops.aten
 
 
+def _unit_last(t: torch.Tensor) -> torch.Tensor:
+    """The ops take any strides with a contiguous head dim: copy only where that is missing."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
 def _prep(q, k, v, causal):
     group = check_block_shapes(q, k, v, causal)
-    return group, q.contiguous(), expand_kv_heads(k, group).contiguous(), expand_kv_heads(v, group).contiguous()
+    return group, _unit_last(q), _unit_last(expand_kv_heads(k, group)), _unit_last(expand_kv_heads(v, group))
 
 
 class TorchFlashKernel:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
+
+from .fused_merge import fused_merge_available, fused_merge_into
 
 __all__ = ["merge_into", "update_out_and_lse"]
 
@@ -12,8 +16,12 @@ def merge_into(out: torch.Tensor, lse: torch.Tensor, block_out: torch.Tensor, bl
 
     ``out`` is an fp32/fp64 accumulator. The block weight is ``sigmoid(block_lse - lse)`` and the new LSE
     ``max + log1p(exp(-|diff|))``: no overflow, and a row whose LSE is -inf (no key seen yet) gets weight
-    exactly 0 on its empty side and never a NaN.
+    exactly 0 on its empty side and never a NaN. On CUDA with fp32 accumulators one fused Triton kernel
+    does it (``TASP_FUSED_MERGE=0`` turns that off).
     """
+    if fused_merge_available(out) and os.environ.get("TASP_FUSED_MERGE", "1") != "0":
+        fused_merge_into(out, lse, block_out, block_lse)
+        return
     block_lse = block_lse.to(lse.dtype)
     both_empty = torch.isneginf(lse) & torch.isneginf(block_lse)
     diff = torch.where(both_empty, torch.zeros_like(lse), block_lse - lse)

@@ -1,0 +1,114 @@
+"""Per-rank compute efficiency: one rank's full step sequence of ring, zigzag or Hamilton attention run
+alone on one device (``LoopbackGroup``, transfers assumed overlapped), against the ideal = one
+monolithic kernel call over the whole sequence divided by the number of ranks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..comm import LoopbackGroup
+from ..engine import EngineConfig, run_backward, run_forward
+from ..kernels import BlockKernel, get_kernel
+from ..plan import schedule_for
+from ..topology import Topology
+
+__all__ = ["KernelClock", "PerRankResult", "attention_flops", "monolithic_seconds", "per_rank_seconds"]
+
+
+def attention_flops(batch: int, heads: int, q_len: int, k_len: int, head_dim: int, causal: bool,
+                    backward: bool) -> float:
+    """Matmul FLOPs of attention (forward 4·B·H·Lq·Lk·D, halved when causal; backward 2.5x forward)."""
+    fwd = 4.0 * batch * heads * q_len * k_len * head_dim * (0.5 if causal else 1.0)
+    return fwd * (3.5 if backward else 1.0)
+
+
+class KernelClock:
+    """A ``BlockKernel`` wrapper that records CUDA events around every kernel call, so the time outside
+    kernels (merges, copies, launches) can be told apart."""
+
+    def __init__(self, inner: BlockKernel) -> None:
+        self.inner, self.name, self.spans = inner, inner.name, []
+
+    def _timed(self, fn, *args):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        result = fn(*args)
+        end.record()
+        self.spans.append((start, end))
+        return result
+
+    def forward(self, *args):
+        return self._timed(self.inner.forward, *args)
+
+    def backward(self, *args):
+        return self._timed(self.inner.backward, *args)
+
+    def seconds(self) -> float:
+        torch.cuda.synchronize()
+        return sum(a.elapsed_time(b) for a, b in self.spans) / 1e3
+
+
+def _time(fn, reps: int) -> float:
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 1e3 / reps
+
+
+def monolithic_seconds(total: int, heads: int, kv_heads: int, head_dim: int, causal: bool, backward: bool,
+                       backend: str = "auto", dtype: torch.dtype = torch.bfloat16, reps: int = 3) -> float:
+    """One kernel call (forward, or forward + backward) over ``total`` tokens on the current GPU."""
+    kernel = get_kernel(backend, torch.device("cuda"), dtype, head_dim)
+    q = torch.randn(1, heads, total, head_dim, device="cuda", dtype=dtype)
+    k, v = (torch.randn(1, kv_heads, total, head_dim, device="cuda", dtype=dtype) for _ in range(2))
+    scale = head_dim ** -0.5
+
+    def call():
+        out, lse = kernel.forward(q, k, v, causal, scale)
+        if backward:
+            kernel.backward(torch.ones_like(out), q, k, v, out, lse, causal, scale)
+
+    return _time(call, reps)
+
+
+@dataclass(frozen=True)
+class PerRankResult:
+    """Seconds of one rank's full step sequence, and the part inside kernel calls."""
+
+    seconds: float
+    kernel_seconds: float
+
+
+def per_rank_seconds(algorithm: str, n: int, local: int, heads: int, kv_heads: int, head_dim: int, causal: bool,
+                     backward: bool, backend: str = "auto", dtype: torch.dtype = torch.bfloat16,
+                     reps: int = 2) -> PerRankResult:
+    """One rank's forward (or forward + backward) through the engine with ``local`` tokens per rank.
+    ``ring`` is ring attention on contiguous shards (its busiest rank, n - 1, when causal); ``zigzag``
+    and ``hamilton`` (flat K_n) use zigzag shards and are balanced, so rank 0 stands for all."""
+    layout = "contiguous" if algorithm == "ring" else "zigzag"
+    rank = n - 1 if algorithm == "ring" else 0
+    name = "zigzag" if algorithm == "ring" else algorithm
+    schedule = schedule_for(name, Topology.uniform(1, n)).schedule
+    kernel = get_kernel(backend, torch.device("cuda"), dtype, head_dim)
+    q = torch.randn(1, heads, local, head_dim, device="cuda", dtype=dtype)
+    k, v = (torch.randn(1, kv_heads, local, head_dim, device="cuda", dtype=dtype) for _ in range(2))
+    dout = torch.randn_like(q)
+
+    def call(kern):
+        cfg = EngineConfig(schedule, LoopbackGroup(n, rank, deliver=False), rank, causal, layout,
+                           head_dim ** -0.5, kern)
+        out, lse = run_forward(cfg, q, k, v)
+        if backward:
+            run_backward(cfg, dout, q, k, v, out.to(dtype), lse)
+
+    seconds = _time(lambda: call(kernel), reps)
+    clock = KernelClock(kernel)
+    call(clock)  # one more pass with events around each kernel call, for the share outside kernels
+    return PerRankResult(seconds, clock.seconds())
