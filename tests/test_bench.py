@@ -28,3 +28,34 @@ def test_per_rank_measurement_on_gpu():
 
     result = per_rank_seconds("hamilton", 8, 1024, 4, 2, 64, True, True)
     assert result.seconds > 0 and 0 < result.kernel_seconds <= result.seconds * 1.05
+
+
+def _harness(rank, world):
+    import os
+
+    from tasp_plugin.bench import prof_perform
+
+    os.environ["TASP_TOPOLOGY"] = "2x2"
+    flat = prof_perform(1, 64, 4, 8, True, False, 2, 1, 0, accuracy_test=True, kv_heads=2)
+    multi = prof_perform(1, 64, 4, 8, False, True, 1, 0, 0, accuracy_test=True)
+    return flat, multi
+
+
+def test_prof_perform_returns_the_documented_dict_and_exact_outputs():
+    from .distributed import run_distributed
+
+    for flat, multi in run_distributed(_harness, 4):
+        assert set(flat) == {"hamilton", "ring"} and flat["hamilton"]["name"] == "K4-zigzag-fallback"
+        assert multi["hamilton"]["name"] == "(2-K2-2)^2-hamilton" and flat["ring"]["name"] == "ring"
+        assert len(flat["hamilton"]["data"]) == 2 and len(multi["ring"]["data"]) == 1
+        assert set(flat["ring"]["data"][0]) == {"total_time", "comm_total_time", "comp_total_time"}
+        for result in (flat, multi):
+            for entry in result.values():
+                assert entry["accuracy"]["max_abs_error"] < 1e-5 and entry["accuracy"]["cosine_similarity"] > 0.99999
+
+
+def test_bench_command_rejects_bad_counts(capsys):
+    from tasp_plugin.cli import main
+
+    assert main(["bench", "--iters", "0"]) == 2
+    assert "--iters" in capsys.readouterr().err

@@ -7,6 +7,7 @@ import json
 import sys
 
 from ..costmodel import MACHINES
+from .bench import add_bench_parser
 from ..plan import DTYPE_BYTES, choose_schedule, link_traffic
 from ..schedules import ScheduleError, validate_cycles, multinode_links
 
@@ -102,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also predict each algorithm's time on this machine with the cost model")
     p.add_argument("--no-causal", dest="causal", action="store_false", help="predict non-causal attention")
     p.set_defaults(func=_plan, **PLAN_DEFAULTS)
+    add_bench_parser(sub)
     return parser
 
 
@@ -124,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.command == "bench":
+            return args.func(args)
         if getattr(args, "config", None):
             _apply_config(args)
         if args.world_size is None:
