@@ -20,7 +20,7 @@ def _free_port() -> str:
 
 @pytest.mark.parametrize("index", range(len(SNIPPETS)))
 def test_readme_snippet_runs(index, tmp_path):
-    code = SNIPPETS[index].replace('"29511"', f'"{_free_port()}"')
+    code = re.sub(r'"295[0-9][0-9]"', lambda _: f'"{_free_port()}"', SNIPPETS[index])
     script = tmp_path / f"snippet{index}.py"
     script.write_text(code)
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=300)

@@ -89,6 +89,7 @@ def _groups_and_engine(rank, world):
     from megatron.core import parallel_state as ps
 
     from tasp_plugin import context_parallel_attention
+    from tasp_plugin.integrations.megatron import initialize_tasp_groups, tasp_groups_for
     from tasp_plugin.layout import shard_sequence
     from tasp_plugin.seed_api import hamilton_attention_forward_full_flash_attn_two_nodes
     from tasp_plugin.topology import build_cp_groups, build_subgroups
@@ -99,6 +100,9 @@ def _groups_and_engine(rank, world):
         ps.initialize_model_parallel(tensor_model_parallel_size=tp, context_parallel_size=cp)
         mine = next(g for g in cp_rank_lists(world, cp, tp_size=tp) if rank in g)
         groups = build_subgroups(ps.get_context_parallel_group())
+        registered = initialize_tasp_groups()
+        report[("registered", tp, cp)] = (tasp_groups_for(ps.get_context_parallel_group()) is registered
+                                          and registered.inter_ranks == groups.inter_ranks)
         _, intra, rails = subgroup_rank_lists(mine, lambda g: g // 4)
         report[(tp, cp)] = (ps.get_context_parallel_global_ranks() == mine,
                             list(groups.intra_ranks) == next((g for g in intra if rank in g and len(g) > 1), []),
@@ -138,6 +142,7 @@ def test_groups_match_megatron_and_multinode_engine_is_exact():
         for split in ((1, 8), (2, 4), (2, 2), (1, 2), (4, 2)):
             same_cp, same_intra, same_rail, topo = report[split]
             assert same_cp and same_intra and same_rail, (rank, split)
+            assert report[("registered", *split)], (rank, split)
         assert report[(1, 8)][3] == Topology.parse("2x4") and report[(2, 4)][3] == Topology.parse("2x2")
         assert report[("engine", 8)] < 1e-10 and report[("engine", 4)] < 1e-10, report
         assert report["seed"] < 1e-10

@@ -1,0 +1,118 @@
+"""``TASPCoreAttention``: context-parallel attention in Megatron-core's ``core_attention`` slot.
+
+Megatron's own ``DotProductAttention`` refuses context parallelism (only Transformer Engine has it); this
+module takes the same constructor and forward arguments and runs Hamilton, ring or zigzag ring attention
+over Megatron's CP group through ``tasp_plugin.context_parallel_attention``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.packed_seq_params import PackedSeqParams
+from megatron.core.process_groups_config import ProcessGroupCollection
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_config import TransformerConfig
+from megatron.core.transformer.utils import is_layer_window_attention
+
+from ...api import context_parallel_attention
+from .groups import tasp_groups_for
+
+__all__ = ["CP_COMM_TYPES", "TASPCoreAttention", "resolve_cp_comm_type"]
+
+# cp_comm_type value -> engine algorithm. "p2p" is Transformer Engine's name for the ring on zigzag
+# shards, which is what "zigzag" computes, so TE users' default keeps working.
+CP_COMM_TYPES = {"hamilton": "hamilton", "ring": "ring", "zigzag": "zigzag", "auto": "auto", "p2p": "zigzag"}
+_CAUSAL = (AttnMaskType.causal, AttnMaskType.causal_bottom_right)
+
+
+def resolve_cp_comm_type(cp_comm_type: str | list[str] | None, layer_number: int) -> str:
+    """The engine algorithm for one layer (1-based ``layer_number``) from a ``cp_comm_type`` value:
+    a string, a per-layer list, or None (``"auto"``)."""
+    if isinstance(cp_comm_type, (list, tuple)):
+        if not 1 <= layer_number <= len(cp_comm_type):
+            raise ValueError(f"cp_comm_type has {len(cp_comm_type)} entries but layer_number is {layer_number}; "
+                             "give one entry per transformer layer")
+        cp_comm_type = cp_comm_type[layer_number - 1]
+    if cp_comm_type is None:
+        return "auto"
+    if not isinstance(cp_comm_type, str) or cp_comm_type.lower() not in CP_COMM_TYPES:
+        raise ValueError(f"cp_comm_type {cp_comm_type!r} is not supported by TASPCoreAttention; use one of "
+                         f"{sorted(CP_COMM_TYPES)} (Megatron's 'a2a' and 'all_gather' need Transformer Engine)")
+    return CP_COMM_TYPES[cp_comm_type.lower()]
+
+
+def _cp_group(config: TransformerConfig, pg_collection: ProcessGroupCollection | None):
+    """Megatron's CP group: ``pg_collection.cp`` when given, else ``parallel_state``'s (None if neither)."""
+    group = getattr(pg_collection, "cp", None) if pg_collection is not None else None
+    if group is None:
+        group = parallel_state.get_context_parallel_group(check_initialized=False)
+    if group is None and config.context_parallel_size > 1:
+        raise ValueError(f"config.context_parallel_size is {config.context_parallel_size} but no CP group exists: "
+                         "call megatron.core.parallel_state.initialize_model_parallel(context_parallel_size=...) "
+                         "or pass pg_collection with a cp group")
+    return group
+
+
+class TASPCoreAttention(MegatronModule):
+    """Drop-in for ``DotProductAttention``: ``[s, b, heads, d]`` local zigzag shards in (K/V may have fewer
+    heads), ``[s, b, heads * d]`` out; context-parallel over Megatron's CP group, plain attention at CP 1."""
+
+    def __init__(self, config: TransformerConfig, layer_number: int, attn_mask_type: AttnMaskType,
+                 attention_type: str, attention_dropout: float | None = None, softmax_scale: float | None = None,
+                 cp_comm_type: str | list[str] | None = None,
+                 pg_collection: ProcessGroupCollection | None = None) -> None:
+        super().__init__(config=config)
+        self.layer_number = max(1, layer_number)
+        self.attn_mask_type = self._check_mask_type(attn_mask_type)
+        self.attention_type = attention_type
+        dropout = config.attention_dropout if attention_dropout is None else attention_dropout
+        if dropout > 0:
+            raise ValueError(f"attention dropout {dropout} is not supported by TASPCoreAttention; set "
+                             "config.attention_dropout = 0.0 (Megatron-LM: --attention-dropout 0)")
+        if config.softmax_type != "vanilla":
+            raise ValueError(f"softmax_type {config.softmax_type!r} is not supported by TASPCoreAttention; "
+                             "use the default 'vanilla'")
+        if is_layer_window_attention(config.window_size, config.window_attn_skip_freq, layer_number):
+            raise ValueError(f"sliding-window attention (window_size={config.window_size}) is not supported "
+                             "by TASPCoreAttention; unset config.window_size")
+        self.algorithm = resolve_cp_comm_type(config.cp_comm_type if cp_comm_type is None else cp_comm_type,
+                                              self.layer_number)
+        # Megatron's query-key layer scaling divides the logits by layer_number and multiplies them back
+        # inside the fp32 softmax, so the net scale is the unscaled one.
+        self.softmax_scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(config.kv_channels)
+        self.cp_group = _cp_group(config, pg_collection)
+
+    @staticmethod
+    def _check_mask_type(mask_type: AttnMaskType) -> AttnMaskType:
+        if mask_type not in (*_CAUSAL, AttnMaskType.no_mask):
+            raise ValueError(f"attn_mask_type {mask_type} is not supported by TASPCoreAttention; it honours "
+                             "AttnMaskType.causal and AttnMaskType.no_mask (no padding or arbitrary masks)")
+        return mask_type
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                attention_mask: torch.Tensor | None, attn_mask_type: AttnMaskType | None = None,
+                attention_bias: torch.Tensor | None = None,
+                packed_seq_params: PackedSeqParams | None = None) -> torch.Tensor:
+        """Attention of the local query shard over the CP group's whole sequence; ``attention_mask`` is
+        not read (the causal or no-mask type defines the mask, as in Transformer Engine)."""
+        if packed_seq_params is not None:
+            raise ValueError("packed sequences (packed_seq_params) are not supported by TASPCoreAttention")
+        if attention_bias is not None:
+            raise ValueError("attention_bias is not supported by TASPCoreAttention")
+        mask_type = self.attn_mask_type if attn_mask_type is None else self._check_mask_type(attn_mask_type)
+        causal = mask_type in _CAUSAL
+        if self.cp_group is None:
+            out = F.scaled_dot_product_attention(
+                query.permute(1, 2, 0, 3), key.permute(1, 2, 0, 3), value.permute(1, 2, 0, 3),
+                is_causal=causal, scale=self.softmax_scale, enable_gqa=key.shape[2] != query.shape[2])
+            out = out.permute(2, 0, 1, 3)
+        else:
+            group = tasp_groups_for(self.cp_group) or self.cp_group
+            out = context_parallel_attention(query, key, value, group=group, algorithm=self.algorithm,
+                                             causal=causal, softmax_scale=self.softmax_scale, layout="sbhd")
+        return out.reshape(out.shape[0], out.shape[1], -1)
