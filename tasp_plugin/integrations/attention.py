@@ -1,0 +1,79 @@
+"""``TASPAttention``: a drop-in attention core for any model, plus the process-wide CP settings that an
+integration installs (DeepSpeed's ``initialize``) and that attention modules built without an explicit
+group use (``TASPAttention``, the Hugging Face ``"tasp"`` attention)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from ..api import ALGORITHMS, TENSOR_LAYOUTS, context_parallel_attention
+from ..kernels import BACKENDS
+from ..topology import CPGroups
+
+__all__ = ["CPSettings", "TASPAttention", "install_context_parallel", "installed_context_parallel"]
+
+
+@dataclass(frozen=True)
+class CPSettings:
+    """The CP group attention runs over (None: the default process group; a ``CPGroups`` also routes
+    intra-node and rail transfers), algorithm and backend."""
+
+    group: dist.ProcessGroup | CPGroups | None = None
+    algorithm: str = "hamilton"
+    backend: str = "auto"
+
+
+_installed = CPSettings()
+
+
+def _check(algorithm: str | None, backend: str | None) -> None:
+    if algorithm is not None and algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def install_context_parallel(group: dist.ProcessGroup | CPGroups | None, algorithm: str = "hamilton",
+                             backend: str = "auto") -> CPSettings:
+    """Make ``group``/``algorithm``/``backend`` the defaults of every TASP attention call in this process."""
+    global _installed
+    _check(algorithm, backend)
+    _installed = CPSettings(group, algorithm, backend)
+    return _installed
+
+
+def installed_context_parallel() -> CPSettings:
+    """The CP settings last installed (by ``initialize`` or ``install_context_parallel``)."""
+    return _installed
+
+
+class TASPAttention(torch.nn.Module):
+    """Context-parallel attention of local zigzag shards ``q, k, v`` (GQA allowed) -> local output.
+
+    Arguments left as None follow ``installed_context_parallel()`` at call time, so modules can be built
+    before ``initialize`` creates the CP group.
+    """
+
+    def __init__(self, *, causal: bool = True, softmax_scale: float | None = None, layout: str = "bshd",
+                 group: dist.ProcessGroup | CPGroups | None = None, algorithm: str | None = None,
+                 backend: str | None = None) -> None:
+        super().__init__()
+        _check(algorithm, backend)
+        if layout not in TENSOR_LAYOUTS:
+            raise ValueError(f"layout must be one of {sorted(TENSOR_LAYOUTS)}, got {layout!r}")
+        self.causal, self.softmax_scale, self.layout = causal, softmax_scale, layout
+        self.group, self.algorithm, self.backend = group, algorithm, backend
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Local attention output, same layout as the inputs."""
+        settings = installed_context_parallel()
+        return context_parallel_attention(
+            q, k, v, group=self.group if self.group is not None else settings.group,
+            algorithm=self.algorithm or settings.algorithm, causal=self.causal,
+            softmax_scale=self.softmax_scale, layout=self.layout, backend=self.backend or settings.backend)
+
+    def extra_repr(self) -> str:
+        return f"causal={self.causal}, layout={self.layout!r}, algorithm={self.algorithm or 'installed'}"
