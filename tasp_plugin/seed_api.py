@@ -122,6 +122,13 @@ class A2AComm:
         self.handles = []
 
 
+def _update_out_and_lse(out: torch.Tensor, lse: torch.Tensor, block_out: torch.Tensor,
+                        block_lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's (private) merge under its name: the merged fp32 ``(out, lse)`` of two partial results
+    over disjoint keys (``[B, H, L, D]`` and ``[B, H, L]``), as ``update_out_and_lse``."""
+    return update_out_and_lse(out, lse, block_out, block_lse)
+
+
 def _unsupported(dropout_p: float, window_size=(-1, -1), alibi_slopes=None) -> None:
     if dropout_p:
         raise ValueError(f"dropout_p={dropout_p} is not supported (attention dropout is not implemented)")
