@@ -16,7 +16,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 @pytest.mark.parametrize("causal, lq, lk", [(True, 256, 256), (False, 256, 256), (False, 200, 328), (True, 100, 100)])
 @pytest.mark.parametrize("rows_view", [False, True], ids=["contiguous", "row-major-view"])
 def test_cuda_kernel(kernel, dtype, kv_heads, causal, lq, lk, rows_view):
-    """``rows_view``: K/V are views into the engine's row-major [S, 2, B, H, D] buffer, as in a real step."""
+    """``rows_view``: K/V are views into the engine's row-major [S, 2, B, H, D] buffer, and Q, grad_out and
+    out are row slices of longer tensors, as the engine passes them for a "back" block."""
     if dtype == torch.float32 and kernel.name != "torch_efficient":
         pytest.skip("cuDNN and flash kernels take only fp16/bf16")
     torch.manual_seed(0)
@@ -29,8 +30,13 @@ def test_cuda_kernel(kernel, dtype, kv_heads, causal, lq, lk, rows_view):
     if rows_view:
         buf = torch.stack(bhsd[1:]).permute(3, 0, 1, 2, 4).contiguous()
         bhsd[1:] = [buf[:, 0].permute(1, 2, 0, 3), buf[:, 1].permute(1, 2, 0, 3)]
+    g = dout.transpose(1, 2).to("cuda", dtype)
+    if rows_view:
+        bhsd[0], g = (torch.cat([torch.zeros_like(x), x], dim=2)[:, :, lq:] for x in (bhsd[0], g))
     out, lse = kernel.forward(*bhsd, causal, 0.1)
-    dq, dk, dv = kernel.backward(dout.transpose(1, 2).to("cuda", dtype), *bhsd, out, lse, causal, 0.1)
+    if rows_view:
+        out = torch.cat([torch.zeros_like(out), out], dim=2)[:, :, lq:]
+    dq, dk, dv = kernel.backward(g, *bhsd, out, lse, causal, 0.1)
     for name, got, want in [("out", out, ref_out.transpose(1, 2)), ("lse", lse, ref_lse),
                             ("dq", dq, q.grad.transpose(1, 2)), ("dk", dk, k.grad.transpose(1, 2)),
                             ("dv", dv, v.grad.transpose(1, 2))]:

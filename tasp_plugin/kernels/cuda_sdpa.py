@@ -18,7 +18,9 @@ _aten = torch.ops.aten
 
 
 def _unit_last(t: torch.Tensor) -> torch.Tensor:
-    """The ops take any strides with a contiguous head dim: copy only where that is missing."""
+    """K/V (and forward Q) may have any strides with a contiguous head dim: copy only where that is missing.
+    Backward Q, out and grad_out are made contiguous: cuDNN's backward silently returns wrong gradients for
+    row-sliced out/grad_out (seen on an H200, torch 2.11), so those are never passed as views."""
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
@@ -38,7 +40,7 @@ class TorchFlashKernel:
         return out, lse.float()
 
     def backward(self, dout, q, k, v, out, lse, causal, scale):
-        group, q, ke, ve = _prep(q, k, v, causal)
+        group, q, ke, ve = _prep(q.contiguous(), k, v, causal)
         # no dropout: the RNG state is unused (the op still wants uint64 tensors); dense, so no cum_seq
         rng = torch.zeros(2, dtype=torch.uint64, device=q.device)
         unused = torch.zeros((), dtype=torch.uint64, device=q.device)
@@ -59,7 +61,7 @@ class CudnnKernel:
         return out, lse.reshape(q.shape[:3]).float()
 
     def backward(self, dout, q, k, v, out, lse, causal, scale):
-        group, q, ke, ve = _prep(q, k, v, causal)
+        group, q, ke, ve = _prep(q.contiguous(), k, v, causal)
         seed = torch.zeros((), dtype=torch.int64, device=q.device)
         dq, dk, dv = _aten._scaled_dot_product_cudnn_attention_backward(
             dout.to(q.dtype).contiguous(), q, ke, ve, out.to(q.dtype).contiguous(),
@@ -79,7 +81,7 @@ class TorchEfficientKernel:
         return out, lse[..., : q.shape[2]].float()
 
     def backward(self, dout, q, k, v, out, lse, causal, scale):
-        group, q, ke, ve = _prep(q, k, v, causal)
+        group, q, ke, ve = _prep(q.contiguous(), k, v, causal)
         rows = q.shape[2]
         padded = F.pad(lse.float(), (0, (-rows) % 32)).contiguous()
         seed = torch.zeros((), dtype=torch.int64, device=q.device)
