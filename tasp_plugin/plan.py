@@ -25,7 +25,7 @@ def choose_schedule(world_size: int, gpus_per_node: int | None = None) -> Plan:
     """The Hamilton schedule for ``world_size`` ranks on nodes of ``gpus_per_node`` consecutive ranks."""
     if world_size < 1:
         raise ValueError(f"world size must be >= 1, got {world_size}")
-    m = gpus_per_node or world_size
+    m = world_size if gpus_per_node is None else gpus_per_node
     if m < 1 or world_size % m:
         raise ValueError(f"world size {world_size} is not a multiple of gpus per node {m}")
     return schedule_for("hamilton", Topology.uniform(world_size // m, m))
@@ -102,11 +102,12 @@ def link_traffic(schedule: RingSchedule, rank: int, kv_bytes_per_rank: int, gpus
     """Bytes ``rank`` sends to each peer per step (its local K/V split evenly over the cycles), split into
     peers on its own node and peers reached over the NIC for nodes of ``gpus_per_node`` ranks."""
     chunk = kv_bytes_per_rank / schedule.num_cycles
+    node_of = schedule.node_of if schedule.node_ids else (lambda r: r // gpus_per_node)
     intra: dict[int, int] = {}
     inter: dict[int, int] = {}
     for _, dst, _ in schedule.peers(rank):
         if dst == rank:
             continue
-        target = intra if dst // gpus_per_node == rank // gpus_per_node else inter
+        target = intra if node_of(dst) == node_of(rank) else inter
         target[dst] = target.get(dst, 0) + round(chunk)
     return LinkTraffic(intra, inter)

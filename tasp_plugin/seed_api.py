@@ -143,6 +143,9 @@ def _run(process_group, q, k, v, schedule: RingSchedule, causal: bool, layout: s
     """q/k/v in ``[B, S, H, D]`` (seq_dim 1) or ``[B, H, S, D]`` (seq_dim 2) -> (out, lse[, timings])."""
     to_bhsd = (lambda t: t.transpose(1, 2)) if seq_dim == 1 else (lambda t: t)
     qh, kh, vh = (to_bhsd(t).contiguous() for t in (q, k, v))
+    if kh.shape != vh.shape or qh.shape[2] != kh.shape[2] or qh.shape[2] % 2:
+        raise ValueError(f"q, k and v must have the same even local sequence length (and k, v one shape), got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if schedule.world_size != dist.get_world_size(process_group):
         raise ValueError(f"schedule is for {schedule.world_size} ranks, the group has "
                          f"{dist.get_world_size(process_group)}")
@@ -277,7 +280,10 @@ def _two_nodes(process_group, q, k, v, softmax_scale0, dropout_p, inter_in_mappi
     topology = detect_topology(process_group)
     schedule = schedule_for("hamilton_multinode", topology).schedule
     path0 = gen_hamilton_path_local(topology.gpus_per_node)
-    inter_in, inter_out = calculate_inter_node_mapping(schedule.cycles) if schedule.node_ids == () else (None, None)
+    if schedule.node_ids and (inter_in_mapping is not None or inter_out_mapping is not None):
+        raise ValueError("inter_in_mapping / inter_out_mapping describe nodes of consecutive ranks; this group's "
+                         f"nodes {topology.nodes} are not, so leave them None")
+    inter_in, inter_out = calculate_inter_node_mapping(schedule.cycles) if not schedule.node_ids else (None, None)
     for name, given, expected in (("inter_in_mapping", inter_in_mapping, inter_in),
                                   ("inter_out_mapping", inter_out_mapping, inter_out),
                                   ("out_mapping", out_mapping, calculate_intra_node_out_mapping_two_nodes(path0)),

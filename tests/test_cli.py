@@ -78,3 +78,20 @@ def test_example_runs():
                           cwd=__import__("pathlib").Path(__file__).parents[1])
     assert proc.returncode == 0, proc.stderr
     assert "hamilton_multinode" in proc.stdout and "zigzag" in proc.stdout
+
+
+def test_missing_config_file_and_zero_gpus_per_node_are_one_line_errors(capsys, tmp_path):
+    assert main(["plan", "--config", str(tmp_path / "missing.json")]) == 2
+    assert main(["plan", "--world-size", "8", "--gpus-per-node", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("tasp: error:") == 2 and "Traceback" not in err and "gpus per node 0" in err
+
+
+def test_link_traffic_follows_relabelled_nodes():
+    from tasp_plugin.plan import schedule_for
+    from tasp_plugin.topology import Topology
+
+    plan = schedule_for("hamilton", Topology(((0, 2, 4, 6), (1, 3, 5, 7))))
+    for r in range(8):
+        t = link_traffic(plan.schedule, r, 800, 4)
+        assert len(t.inter_peers) == 1 and all(p % 2 == r % 2 for p in t.intra_peers)

@@ -65,3 +65,8 @@ def test_receives_match_sends_in_posting_order_even_when_waited_out_of_order():
     h2.wait()
     h1.wait()
     assert (first.item(), second.item()) == (1.0, 2.0)
+
+
+def test_engine_config_rejects_an_unknown_layout():
+    with pytest.raises(ValueError, match="unknown layout 'zig-zag'"):
+        EngineConfig(RingSchedule.ring(2), None, 0, True, "zig-zag", 1.0, MathKernel())

@@ -72,8 +72,9 @@ def test_update_out_and_lse_seed_api():
     assert torch.allclose(o2, torch.full_like(o2, 0.5)) and torch.allclose(l2, torch.full_like(l2, 0.6931471805599453))
     from tasp_plugin.seed_api import _update_out_and_lse
 
-    o3, l3 = _update_out_and_lse(o, l, torch.zeros(1, 1, 2, 4), torch.zeros(1, 1, 2))
-    assert torch.equal(o3, o2) and torch.equal(l3, l2)
+    o3, l3 = _update_out_and_lse(torch.ones(1, 1, 2, 4), torch.zeros(1, 1, 2), torch.full((1, 1, 2, 4), 3.0),
+                                 torch.full((1, 1, 2), float("-inf")))
+    assert torch.equal(o3, torch.ones(1, 1, 2, 4)) and torch.equal(l3, torch.zeros(1, 1, 2))
 
 
 def test_get_kernel():

@@ -1,4 +1,4 @@
-"""The ``tasp`` command line: ``tasp plan`` (and later subcommands)."""
+"""The ``tasp`` command line: ``tasp plan`` and ``tasp bench``."""
 
 from .main import main
 

@@ -26,7 +26,8 @@ def _human(nbytes: float) -> str:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    n, m = args.world_size, args.gpus_per_node or args.world_size
+    n = args.world_size
+    m = n if args.gpus_per_node is None else args.gpus_per_node
     plan = choose_schedule(n, m)
     sched = plan.schedule
     print(f"world size {n}, {sched.nodes if sched.kind == 'multinode' else n // m} node(s) x {m} GPUs")
@@ -137,10 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.seqlen < 1 or args.heads < 1 or args.head_dim < 1 or args.batch < 1:
             raise ValueError("--seqlen, --heads, --head-dim and --batch must be positive")
         return args.func(args)
-    except (ValueError, ImportError) as exc:
+    except (ValueError, TypeError, ImportError, OSError) as exc:
         print(f"tasp: error: {exc}", file=sys.stderr)
         return 2
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -92,8 +92,13 @@ class RingExchange:
                 if r.numel():
                     via = self._via(src)
                     by_group.setdefault(via, []).append(dist.P2POp(dist.irecv, r, self._global(src), via))
-        # one batch per communicator (intra-node, rail, CP group): NCCL runs them concurrently
-        return [h for ops in by_group.values() for h in dist.batch_isend_irecv(ops)]
+        # one batch per communicator, always in the order intra-node, rail, CP group (the same on every
+        # rank, so no two ranks wait on different communicators first): NCCL runs them concurrently
+        order = [g for g in (*self._subgroups(), self.group) if g in by_group]
+        return [h for g in order for h in dist.batch_isend_irecv(by_group[g])]
+
+    def _subgroups(self) -> tuple:
+        return (self.links.intra, self.links.inter) if self.links is not None else ()
 
     def _via(self, peer: int):
         return self.links.route(peer) if self.links is not None else self.group

@@ -16,7 +16,7 @@ from ..comm import EmulatedGroup, RingExchange
 from ..kernels import BlockKernel, merge_into
 from ..schedules import RingSchedule
 from ..topology import CPGroups
-from .blocks import StepPlan, plan_step, sub_chunk_lengths
+from .blocks import LAYOUTS, StepPlan, plan_step, sub_chunk_lengths
 from .timing import StepHook
 
 __all__ = ["RingAttentionFunction", "EngineConfig", "run_backward", "run_forward"]
@@ -35,6 +35,10 @@ class EngineConfig:
     kernel: BlockKernel
     hook: StepHook | None = None
     links: CPGroups | None = None
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {self.layout!r}; choose one of {LAYOUTS}")
 
     def plan(self, step: int, lengths: list[int]) -> StepPlan:
         """This rank's buffer layout and kernel calls at ``step``."""

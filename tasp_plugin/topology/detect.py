@@ -14,7 +14,7 @@ from .model import Topology
 __all__ = ["TOPOLOGY_ENV", "detect_topology", "resolve_topology", "world_topology"]
 
 TOPOLOGY_ENV = "TASP_TOPOLOGY"
-_detected: dict[int, Topology] = {}
+_detected: dict[tuple, Topology] = {}
 
 
 def _parse(spec: Topology | str, what: str, world_size: int) -> Topology:
@@ -47,9 +47,10 @@ def world_topology(override: Topology | str | None = None) -> Topology:
     spec = override if override is not None else os.environ.get(TOPOLOGY_ENV) or None
     if spec is not None:
         return _parse(spec, "topology" if override is not None else f"${TOPOLOGY_ENV}", dist.get_world_size())
-    if -1 not in _detected:
-        _detected[-1] = Topology.from_node_ids(_gathered_node_ids(None))
-    return _detected[-1]
+    key = ("world", dist.get_world_size())
+    if key not in _detected:
+        _detected[key] = Topology.from_node_ids(_gathered_node_ids(None))
+    return _detected[key]
 
 
 def detect_topology(group: dist.ProcessGroup | None = None, override: Topology | str | None = None) -> Topology:
@@ -62,7 +63,8 @@ def detect_topology(group: dist.ProcessGroup | None = None, override: Topology |
     if os.environ.get(TOPOLOGY_ENV):
         world = world_topology()
         return Topology.from_node_ids([world.node_of(_global(group, r)) for r in range(n)])
-    key = id(group) if group is not None else -1
+    # keyed by the group's members (not its id, which a later group may reuse)
+    key = tuple(dist.get_process_group_ranks(group)) if group is not None else ("world", n)
     if key not in _detected:
         _detected[key] = Topology.from_node_ids(_gathered_node_ids(group))
     return _detected[key]

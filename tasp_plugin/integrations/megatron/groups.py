@@ -21,9 +21,9 @@ def initialize_tasp_groups(topology: Topology | str | None = None) -> CPGroups |
     cp = parallel_state.get_context_parallel_group(check_initialized=False)
     if cp is None:
         raise ValueError("initialize_tasp_groups needs parallel_state.initialize_model_parallel to run first")
+    if parallel_state.get_context_parallel_world_size() == 1:
+        return None  # the same on every rank: CP size is global
     links = build_subgroups(cp, topology=topology)
-    if dist.get_world_size(cp) == 1:
-        return None
     _built[id(cp)] = links
     return links
 
