@@ -96,7 +96,8 @@ def _q_rows(part: str, seq: int) -> slice:
     return {"all": slice(0, seq), "front": slice(0, seq // 2), "back": slice(seq // 2, seq)}[part]
 
 
-def run_forward(cfg: EngineConfig, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+def run_forward(cfg: EngineConfig, q: torch.Tensor, k: torch.Tensor,
+                v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward of one rank without autograd: ``(out, lse)`` in the accumulation dtype (fp32 or fp64)."""
     seq = q.shape[-2]
     lengths = sub_chunk_lengths(seq // 2, cfg.schedule.num_cycles)
@@ -111,8 +112,13 @@ def run_forward(cfg: EngineConfig, q: torch.Tensor, k: torch.Tensor, v: torch.Te
     return out, lse
 
 
-def run_backward(cfg: EngineConfig, dout, q, k, v, out, lse):
-    """Backward of one rank without autograd: ``(dq, dk, dv)`` for the merged ``out`` and ``lse``."""
+def run_backward(cfg: EngineConfig, dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 out: torch.Tensor, lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward of one rank without autograd: ``(dq, dk, dv)`` for the merged ``out`` and ``lse``.
+
+    The dK/dV accumulators follow their chunks one hop per step; each hop overlaps the next step's kernel
+    calls (their gradients are added once the accumulators have arrived), and a last hop brings them home.
+    """
     seq = q.shape[-2]
     n = cfg.schedule.world_size
     lengths = sub_chunk_lengths(seq // 2, cfg.schedule.num_cycles)
@@ -120,20 +126,25 @@ def run_backward(cfg: EngineConfig, dout, q, k, v, out, lse):
     kv = _kv_rows(k, v)
     acc = torch.zeros(kv.shape, dtype=_acc_dtype(q), device=q.device)
     acc_exchange = RingExchange(cfg.schedule, cfg.group, cfg.rank, links=cfg.links)
+    in_flight: list = []
     for step, plan, buf in _rotate(cfg, kv, lengths):
+        grads = []
         for block in plan.blocks:
             rows = _q_rows(block.q_part, seq)
             g_q, g_k, g_v = cfg.kernel.backward(dout[..., rows, :], q[..., rows, :],
                                                 _rows_to_bhsd(buf, block.keys, 0), _rows_to_bhsd(buf, block.keys, 1),
                                                 out[..., rows, :], lse[..., rows], block.causal, cfg.scale)
             dq[..., rows, :] += g_q
-            _rows_to_bhsd(acc, block.keys, 0).add_(g_k)
-            _rows_to_bhsd(acc, block.keys, 1).add_(g_v)
+            grads.append((block.keys, g_k, g_v))
+        acc_exchange.wait(in_flight)
+        for keys, g_k, g_v in grads:
+            _rows_to_bhsd(acc, keys, 0).add_(g_k)
+            _rows_to_bhsd(acc, keys, 1).add_(g_v)
         if n > 1:
-            # the accumulators follow their chunks; after the last step this hop brings them home
             arriving = torch.empty_like(acc)
-            acc_exchange.wait(acc_exchange.start(_pieces(acc, plan), _pieces(arriving, cfg.plan(step + 1, lengths))))
+            in_flight = acc_exchange.start(_pieces(acc, plan), _pieces(arriving, cfg.plan(step + 1, lengths)))
             acc = arriving
+    acc_exchange.wait(in_flight)
     return dq.to(q.dtype), _rows_to_bhsd(acc, (0, seq), 0).to(k.dtype), _rows_to_bhsd(acc, (0, seq), 1).to(v.dtype)
 
 
