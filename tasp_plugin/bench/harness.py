@@ -45,7 +45,9 @@ def prof_perform(bs: int, seqlen: int, nheads: int, d: int, causal: bool, two_no
     n, rank = dist.get_world_size(group), dist.get_rank(group)
     if seqlen % (2 * n):
         raise ValueError(f"seqlen {seqlen} must be divisible by 2 * world_size = {2 * n}")
-    device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    # the group's backend decides: NCCL moves CUDA tensors, gloo (even on a GPU machine) CPU tensors
+    on_gpu = dist.get_backend(group) == "nccl"
+    device = torch.device("cuda", local_rank) if on_gpu else torch.device("cpu")
     if device.type == "cpu" and dtype == torch.bfloat16:
         dtype = torch.float32
     kv_heads = kv_heads or nheads
