@@ -17,13 +17,17 @@ class CpuFlashKernel:
 
     name = "cpu"
 
-    def forward(self, q, k, v, causal, scale):
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+                scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block output and fp32 LSE (see ``BlockKernel``)."""
         group = check_block_shapes(q, k, v, causal)
         out, lse = _aten._scaled_dot_product_flash_attention_for_cpu(
             q, expand_kv_heads(k, group), expand_kv_heads(v, group), 0.0, causal, scale=scale)
         return out, lse if lse.dtype == torch.float64 else lse.float()
 
-    def backward(self, dout, q, k, v, out, lse, causal, scale):
+    def backward(self, dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                 lse: torch.Tensor, causal: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This block's dq, dk, dv for the merged ``out`` and ``lse`` (see ``BlockKernel``)."""
         group = check_block_shapes(q, k, v, causal)
         lse = lse.to(torch.float64 if q.dtype == torch.float64 else torch.float32).contiguous()
         dq, dk, dv = _aten._scaled_dot_product_flash_attention_for_cpu_backward(

@@ -34,12 +34,16 @@ class TorchFlashKernel:
 
     name = "torch_flash"
 
-    def forward(self, q, k, v, causal, scale):
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+                scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block output and fp32 LSE (see ``BlockKernel``)."""
         _, q, k, v = _prep(q, k, v, causal)
         out, lse, *_ = _aten._scaled_dot_product_flash_attention(q, k, v, 0.0, causal, False, scale=scale)
         return out, lse.float()
 
-    def backward(self, dout, q, k, v, out, lse, causal, scale):
+    def backward(self, dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                 lse: torch.Tensor, causal: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This block's dq, dk, dv for the merged ``out`` and ``lse`` (see ``BlockKernel``)."""
         group, q, ke, ve = _prep(q.contiguous(), k, v, causal)
         # no dropout: the RNG state is unused (the op still wants uint64 tensors); dense, so no cum_seq
         rng = torch.zeros(2, dtype=torch.uint64, device=q.device)
@@ -55,13 +59,17 @@ class CudnnKernel:
 
     name = "cudnn"
 
-    def forward(self, q, k, v, causal, scale):
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+                scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block output and fp32 LSE (see ``BlockKernel``)."""
         check_block_shapes(q, k, v, causal)
         out, lse, *_ = _aten._scaled_dot_product_cudnn_attention(
             _unit_last(q), _unit_last(k), _unit_last(v), None, True, 0.0, causal, False, scale=scale)
         return out, lse.reshape(q.shape[:3]).float()
 
-    def backward(self, dout, q, k, v, out, lse, causal, scale):
+    def backward(self, dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                 lse: torch.Tensor, causal: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This block's dq, dk, dv for the merged ``out`` and ``lse`` (see ``BlockKernel``)."""
         check_block_shapes(q, k, v, causal)
         seed = torch.zeros((), dtype=torch.int64, device=q.device)
         # K/V keep their own (fewer) heads: cuDNN does GQA natively, forward and backward (checked on an
@@ -77,12 +85,16 @@ class TorchEfficientKernel:
 
     name = "torch_efficient"
 
-    def forward(self, q, k, v, causal, scale):
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+                scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block output and fp32 LSE (see ``BlockKernel``)."""
         _, q, k, v = _prep(q, k, v, causal)
         out, lse, _, _ = _aten._scaled_dot_product_efficient_attention(q, k, v, None, True, 0.0, causal, scale=scale)
         return out, lse[..., : q.shape[2]].float()
 
-    def backward(self, dout, q, k, v, out, lse, causal, scale):
+    def backward(self, dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                 lse: torch.Tensor, causal: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This block's dq, dk, dv for the merged ``out`` and ``lse`` (see ``BlockKernel``)."""
         group, q, ke, ve = _prep(q.contiguous(), k, v, causal)
         rows = q.shape[2]
         padded = F.pad(lse.float(), (0, (-rows) % 32)).contiguous()

@@ -24,7 +24,9 @@ class MathKernel:
 
     name = "math"
 
-    def forward(self, q, k, v, causal, scale):
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+                scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block output and fp32 LSE (see ``BlockKernel``)."""
         group = check_block_shapes(q, k, v, causal)
         k, v = expand_kv_heads(k, group), expand_kv_heads(v, group)
         s = _scores(q, k, causal, scale)
@@ -33,7 +35,9 @@ class MathKernel:
         out = torch.matmul(p, v.to(p.dtype))
         return out.to(q.dtype), lse.float() if lse.dtype != torch.float64 else lse
 
-    def backward(self, dout, q, k, v, out, lse, causal, scale):
+    def backward(self, dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                 lse: torch.Tensor, causal: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This block's dq, dk, dv for the merged ``out`` and ``lse`` (see ``BlockKernel``)."""
         group = check_block_shapes(q, k, v, causal)
         ke, ve = expand_kv_heads(k, group), expand_kv_heads(v, group)
         s = _scores(q, ke, causal, scale)
