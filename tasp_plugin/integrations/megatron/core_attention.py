@@ -72,8 +72,9 @@ class TASPCoreAttention(MegatronModule):
         self.attention_type = attention_type
         dropout = config.attention_dropout if attention_dropout is None else attention_dropout
         if dropout > 0:
-            raise ValueError(f"attention dropout {dropout} is not supported by TASPCoreAttention; set "
-                             "config.attention_dropout = 0.0 (Megatron-LM: --attention-dropout 0)")
+            where = ("config.attention_dropout = 0.0 (Megatron-LM: --attention-dropout 0)" if attention_dropout is None
+                     else "the attention_dropout argument to 0.0")
+            raise ValueError(f"attention dropout {dropout} is not supported by TASPCoreAttention; set {where}")
         if config.softmax_type != "vanilla":
             raise ValueError(f"softmax_type {config.softmax_type!r} is not supported by TASPCoreAttention; "
                              "use the default 'vanilla'")
