@@ -59,3 +59,20 @@ def test_bench_command_rejects_bad_counts(capsys):
 
     assert main(["bench", "--iters", "0"]) == 2
     assert "--iters" in capsys.readouterr().err
+
+
+def test_bench_command_starts_its_own_processes_and_writes_the_result(tmp_path, capsys, monkeypatch):
+    import json
+
+    from tasp_plugin.bench.harness import mean_timings
+    from tasp_plugin.cli import main
+
+    for var in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--nproc", "3", "--seqlen", "48", "--heads", "2", "--head-dim", "8", "--iters", "2",
+                 "--warmups", "0", "--accuracy", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["hamilton"]["name"] == "K3-hamilton" and len(result["ring"]["data"]) == 2
+    assert result["hamilton"]["accuracy"]["max_abs_error"] < 1e-5
+    assert mean_timings([{"t": 1.0}, {"t": 3.0}]) == {"t": 2.0}

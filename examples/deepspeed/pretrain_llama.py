@@ -20,14 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import time
 import warnings
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+
+from tasp_plugin.api import ALGORITHMS
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "deepspeed", "cp8_hamilton_zero1.json")
@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--deepspeed-config", default=DEFAULT_CONFIG, help="DeepSpeed JSON with a context_parallel section")
     p.add_argument("--world-size", type=int, default=None, help="processes to spawn (default: the CP size)")
     p.add_argument("--cp-size", type=int, default=None)
-    p.add_argument("--algorithm", choices=("ring", "zigzag", "hamilton", "auto"), default=None)
+    p.add_argument("--algorithm", choices=ALGORITHMS, default=None)
     p.add_argument("--zero-stage", type=int, choices=(0, 1, 2, 3), default=None)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--seq-len", type=int, default=512)
@@ -166,24 +166,17 @@ def _run(args: argparse.Namespace) -> None:
         dist.destroy_process_group()
 
 
-def _worker(rank: int, args: argparse.Namespace, world: int, port: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world))
-    _run(args)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Run under a launcher when started by one, else spawn ``--world-size`` local processes."""
     args = parse_args(argv)
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+    from tasp_plugin.training.launch import launched, run_local
+
+    if launched():
         _run(args)
         return
     world = args.world_size or load_ds_config(args)["context_parallel"].get("size", 1)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     start = time.perf_counter()
-    mp.spawn(_worker, args=(args, world, port), nprocs=world, join=True)
+    run_local(_run, world, args)
     print(f"done in {time.perf_counter() - start:.1f} s", flush=True)
 
 

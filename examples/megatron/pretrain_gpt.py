@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import time
 import warnings
@@ -175,12 +174,6 @@ def _device(cfg: dict, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def _worker(rank: int, cfg: dict, port: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(cfg["world_size"]))
-    _run(cfg)
-
-
 def _run(cfg: dict) -> None:
     warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex).*")
     device = _device(cfg, int(os.environ.get("LOCAL_RANK", "0")))
@@ -194,13 +187,12 @@ def _run(cfg: dict) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Run under torchrun when launched by it, else spawn ``world_size`` local processes."""
     cfg = parse_config(argv)
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+    from tasp_plugin.training.launch import launched, run_local
+
+    if launched():
         cfg["world_size"] = int(os.environ["WORLD_SIZE"])
         _run(cfg)
         return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     start = time.perf_counter()
     # fork where the OS has it: the workers inherit the imported megatron-core instead of each spending
     # seconds re-importing it (this process has run no torch ops or CUDA yet, so forking is safe)
@@ -210,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
         import megatron.core.models.gpt  # noqa: F401
 
         import tasp_plugin.integrations.megatron  # noqa: F401
-    mp.start_processes(_worker, args=(cfg, port), nprocs=cfg["world_size"], join=True, start_method=method)
+    run_local(_run, cfg["world_size"], cfg, start_method=method)
     print(f"done in {time.perf_counter() - start:.1f} s", flush=True)
 
 

@@ -12,12 +12,13 @@ import torch.distributed as dist
 
 from ..engine import EngineConfig, StepTimer, run_forward
 from ..kernels import get_kernel
+from ..kernels.base import expand_kv_heads
 from ..layout import shard_sequence
 from ..plan import schedule_for
 from ..schedules import RingSchedule
 from ..topology import Topology, detect_topology
 
-__all__ = ["prof_perform"]
+__all__ = ["mean_timings", "prof_perform"]
 
 
 def _schedules(two_nodes: bool, group) -> dict[str, tuple[str, RingSchedule]]:
@@ -74,10 +75,15 @@ def prof_perform(bs: int, seqlen: int, nheads: int, d: int, causal: bool, two_no
         if accuracy_test:
             results[key]["accuracy"] = _accuracy(out, full, rank, n, causal, d, device)
         if log_all and rank == 0:
-            mean = {k: sum(x[k] for x in data) / len(data) for k in data[0]}
+            mean = mean_timings(data)
             print(f"[{name}] bs={bs} seqlen={seqlen} heads={nheads} d={d} causal={causal}: "
                   + ", ".join(f"{k} {v:.3f} ms" for k, v in mean.items()), flush=True)
     return results
+
+
+def mean_timings(data: list[dict[str, float]]) -> dict[str, float]:
+    """Per-key mean of ``prof_perform``'s per-iteration timing dicts."""
+    return {k: sum(x[k] for x in data) / len(data) for k in data[0]}
 
 
 def _profiler(on: bool, device: torch.device):
@@ -92,7 +98,7 @@ def _profiler(on: bool, device: torch.device):
 def _accuracy(out: torch.Tensor, full: list[torch.Tensor], rank: int, n: int, causal: bool, d: int,
               device: torch.device) -> dict:
     q, k, v = (x.to(device, torch.float32) for x in full)
-    k, v = (x.repeat_interleave(q.shape[1] // x.shape[1], dim=1) for x in (k, v))
+    k, v = (expand_kv_heads(x, q.shape[1] // x.shape[1]) for x in (k, v))
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=d ** -0.5)
     mine = shard_sequence(ref, rank, n, 2)
     got = out.float()

@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
+
+from ..training.launch import launched, run_local
 
 __all__ = ["add_bench_parser"]
 
@@ -32,27 +33,20 @@ def add_bench_parser(sub) -> None:
 def _bench(args: argparse.Namespace) -> int:
     if args.seqlen < 1 or args.iters < 1 or args.warmups < 0 or args.nproc < 1:
         raise ValueError("--seqlen, --iters and --nproc must be positive and --warmups >= 0")
-    if "RANK" in os.environ:
-        _worker(int(os.environ.get("LOCAL_RANK", "0")), None, args)
+    if launched():
+        _worker(args)
     else:
-        import torch.multiprocessing as mp
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        mp.spawn(_worker, args=(port, args), nprocs=args.nproc, join=True)
+        run_local(_worker, args.nproc, args)
     return 0
 
 
-def _worker(local_rank: int, port: int | None, args: argparse.Namespace) -> None:
+def _worker(args: argparse.Namespace) -> None:
     import torch
     import torch.distributed as dist
 
     from ..bench import prof_perform
 
-    if port is not None:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(local_rank),
-                          WORLD_SIZE=str(args.nproc), NCCL_NVLS_ENABLE="0")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     gpus = torch.cuda.is_available() and torch.cuda.device_count() > local_rank
     if gpus:
         torch.cuda.set_device(local_rank)
@@ -71,10 +65,11 @@ def _worker(local_rank: int, port: int | None, args: argparse.Namespace) -> None
 
 
 def _report(result: dict, path: str | None) -> None:
+    from ..bench.harness import mean_timings
+
     print(f"{'schedule':<28} {'total ms':>10} {'comm ms':>10} {'comp ms':>10}")
     for entry in result.values():
-        data = entry["data"]
-        mean = {k: sum(x[k] for x in data) / len(data) for k in data[0]}
+        mean = mean_timings(entry["data"])
         print(f"{entry['name']:<28} {mean['total_time']:>10.3f} {mean['comm_total_time']:>10.3f} "
               f"{mean['comp_total_time']:>10.3f}" + (f"   cos {entry['accuracy']['cosine_similarity']:.6f}"
                                                      if "accuracy" in entry else ""))
