@@ -16,7 +16,7 @@ from .plan import schedule_for
 from .schedules import RingSchedule
 from .topology import CPGroups, Topology, detect_topology, resolve_topology
 
-__all__ = ["context_parallel_attention", "ALGORITHMS", "TENSOR_LAYOUTS"]
+__all__ = ["ALGORITHMS", "TENSOR_LAYOUTS", "check_options", "context_parallel_attention"]
 
 ALGORITHMS = ("ring", "zigzag", "hamilton", "hamilton_flat", "hamilton_multinode", "auto")
 TENSOR_LAYOUTS = {"bshd": (0, 2, 1, 3), "sbhd": (1, 2, 0, 3), "bhsd": (0, 1, 2, 3)}
@@ -60,13 +60,18 @@ def _topology(group, n: int, algorithm: str, topology: Topology | str | None) ->
     return detect_topology(group, topology)
 
 
-def _validate(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str, algorithm: str, backend: str) -> None:
-    if layout not in TENSOR_LAYOUTS:
+def check_options(layout: str | None = None, algorithm: str | None = None, backend: str | None = None) -> None:
+    """Raise ``ValueError`` naming the option for an unknown layout, algorithm or backend (None: not given)."""
+    if layout is not None and layout not in TENSOR_LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {sorted(TENSOR_LAYOUTS)}")
-    if algorithm not in ALGORITHMS:
+    if algorithm is not None and algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {ALGORITHMS}")
-    if backend not in BACKENDS:
+    if backend is not None and backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+
+
+def _validate(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: str, algorithm: str, backend: str) -> None:
+    check_options(layout, algorithm, backend)
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor) or t.dim() != 4:
             raise TypeError(f"{name} must be a 4-D tensor in layout {layout!r}")

@@ -9,8 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..api import ALGORITHMS, TENSOR_LAYOUTS, context_parallel_attention
-from ..kernels import BACKENDS
+from ..api import check_options, context_parallel_attention
 from ..topology import CPGroups
 
 __all__ = ["CPSettings", "TASPAttention", "install_context_parallel", "installed_context_parallel"]
@@ -29,18 +28,11 @@ class CPSettings:
 _installed = CPSettings()
 
 
-def _check(algorithm: str | None, backend: str | None) -> None:
-    if algorithm is not None and algorithm not in ALGORITHMS:
-        raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
-    if backend is not None and backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-
-
 def install_context_parallel(group: dist.ProcessGroup | CPGroups | None, algorithm: str = "hamilton",
                              backend: str = "auto") -> CPSettings:
     """Make ``group``/``algorithm``/``backend`` the defaults of every TASP attention call in this process."""
     global _installed
-    _check(algorithm, backend)
+    check_options(algorithm=algorithm, backend=backend)
     _installed = CPSettings(group, algorithm, backend)
     return _installed
 
@@ -61,9 +53,7 @@ class TASPAttention(torch.nn.Module):
                  group: dist.ProcessGroup | CPGroups | None = None, algorithm: str | None = None,
                  backend: str | None = None) -> None:
         super().__init__()
-        _check(algorithm, backend)
-        if layout not in TENSOR_LAYOUTS:
-            raise ValueError(f"layout must be one of {sorted(TENSOR_LAYOUTS)}, got {layout!r}")
+        check_options(layout, algorithm, backend)
         self.causal, self.softmax_scale, self.layout = causal, softmax_scale, layout
         self.group, self.algorithm, self.backend = group, algorithm, backend
 
