@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from tasp_plugin.api import _schedule
+from tasp_plugin.plan import schedule_for
 from tasp_plugin.topology import Topology
 from tasp_plugin.comm import ThreadGroup
 from tasp_plugin.engine import EngineConfig, run_backward, run_forward
@@ -36,8 +36,10 @@ def emulated_errors(n: int, algorithm: str, causal: bool, kv_heads: int, dtype: 
     def bhsd(x, rank):
         return shard_sequence(x.detach(), rank, n, 1).transpose(1, 2).to(device, dtype).contiguous()
 
+    schedule = schedule_for(algorithm, topology).schedule
+
     def rank_errors(rank):
-        cfg = EngineConfig(_schedule(algorithm, topology), groups[rank], rank, causal, "zigzag", scale, kernel)
+        cfg = EngineConfig(schedule, groups[rank], rank, causal, "zigzag", scale, kernel)
         lq, lk, lv = (bhsd(x, rank) for x in (q, k, v))
         out, lse = run_forward(cfg, lq, lk, lv)
         out = out.to(dtype)

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from tasp_plugin.api import _schedule, context_parallel_attention
+from tasp_plugin.api import context_parallel_attention
+from tasp_plugin.plan import schedule_for
 from tasp_plugin.topology import Topology
 from tasp_plugin.engine import EngineConfig, RingAttentionFunction
 from tasp_plugin.kernels import MathKernel
@@ -48,7 +49,7 @@ def _contiguous_case(rank, n, algorithm, causal):
     q, k, v = (torch.randn(b, seq, h, d, dtype=torch.float64, requires_grad=True) for _ in range(3))
     ref_out, ref_lse = reference_attention(q, k, v, causal, 0.5)
     ref_out.sum().backward()
-    sched = RingSchedule.ring(n) if algorithm == "ring" else _schedule("hamilton", Topology.uniform(1, n))
+    sched = RingSchedule.ring(n) if algorithm == "ring" else schedule_for("hamilton", Topology.uniform(1, n)).schedule
     cfg = EngineConfig(sched, None, rank, causal, "contiguous", 0.5, MathKernel())
     lq, lk, lv = (x.detach().chunk(n, dim=1)[rank].transpose(1, 2).contiguous().requires_grad_(True) for x in (q, k, v))
     out, lse = RingAttentionFunction.apply(lq, lk, lv, cfg)
