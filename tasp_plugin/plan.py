@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .costmodel import step_sends
 from .schedules import NoHamiltonianDecomposition, NoPathDecomposition, RingSchedule, is_rail_aligned
 from .topology import Topology
 
@@ -101,13 +102,9 @@ class LinkTraffic:
 def link_traffic(schedule: RingSchedule, rank: int, kv_bytes_per_rank: int, gpus_per_node: int) -> LinkTraffic:
     """Bytes ``rank`` sends to each peer per step (its local K/V split evenly over the cycles), split into
     peers on its own node and peers reached over the NIC for nodes of ``gpus_per_node`` ranks."""
-    chunk = kv_bytes_per_rank / schedule.num_cycles
     node_of = schedule.node_of if schedule.node_ids else (lambda r: r // gpus_per_node)
     intra: dict[int, int] = {}
     inter: dict[int, int] = {}
-    for _, dst, _ in schedule.peers(rank):
-        if dst == rank:
-            continue
-        target = intra if node_of(dst) == node_of(rank) else inter
-        target[dst] = target.get(dst, 0) + round(chunk)
+    for dst, nbytes in step_sends(schedule, rank, kv_bytes_per_rank).items():
+        (intra if node_of(dst) == node_of(rank) else inter)[dst] = round(nbytes)
     return LinkTraffic(intra, inter)

@@ -68,14 +68,20 @@ def test_switch_advantage_comes_only_from_per_message_efficiency():
 @pytest.mark.parametrize("schedule,gpus_per_node", [
     (RingSchedule.ring(8), 8), (RingSchedule.hamilton(8), 8), (RingSchedule.hamilton(10), 10),
     (RingSchedule.hamilton(16), 8), (RingSchedule.multinode(2, 8), 8), (RingSchedule.multinode(3, 4), 4)])
-def test_step_traffic_matches_plan_link_traffic(schedule, gpus_per_node):
+def test_step_traffic_per_peer_and_per_link(schedule, gpus_per_node):
+    """Ring: all K/V to one peer; flat Hamilton: 1/(n-1) to every other rank; multi-node: 1/m to each of m
+    peers, exactly one of them across the NIC. ``plan.link_traffic`` splits the same bytes by node."""
     n = schedule.world_size
     kv_bytes = replace(MHA, seq_len=4096 * n).kv_elements(n) * MHA.dtype_bytes
+    peers = {"ring": 1, "hamilton": n - 1, "multinode": gpus_per_node}[schedule.kind]
     for rank in range(n):
         sends = step_sends(schedule, rank, kv_bytes)
+        assert len(sends) == peers and all(b == pytest.approx(kv_bytes / peers) for b in sends.values())
         planned = link_traffic(schedule, rank, kv_bytes, gpus_per_node)
-        assert {d: round(b) for d, b in sends.items()} == {**planned.intra_peers, **planned.inter_peers}
-        assert sum(sends.values()) == pytest.approx(kv_bytes)
+        assert sorted({**planned.intra_peers, **planned.inter_peers}) == sorted(sends)
+        assert len(planned.inter_peers) == sum(d // gpus_per_node != rank // gpus_per_node for d in sends)
+        if schedule.kind == "multinode":
+            assert len(planned.inter_peers) == 1
 
 
 def test_multinode_hamilton_puts_one_chunk_per_step_on_each_nic():
