@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from .costmodel import step_sends
@@ -32,6 +33,7 @@ def choose_schedule(world_size: int, gpus_per_node: int | None = None) -> Plan:
     return schedule_for("hamilton", Topology.uniform(world_size // m, m))
 
 
+@functools.lru_cache(maxsize=128)
 def schedule_for(algorithm: str, topology: Topology) -> Plan:
     """The schedule an ``algorithm`` runs on a CP group of this ``topology``, and why.
 
@@ -39,6 +41,8 @@ def schedule_for(algorithm: str, topology: Topology) -> Plan:
     decomposition (m != 3, 5) -> multi-node (m-K_m-m)^u (one NIC hop per GPU and step, rail-aligned);
     otherwise the flat K_n decomposition (one all-to-all per step); n = 4 or 6, where none exists -> zigzag
     ring. ``hamilton_flat`` / ``hamilton_multinode`` force one kind and raise where it does not exist.
+    Cached: the attention call asks for it on every layer, and building and validating a schedule costs
+    milliseconds at n = 64.
     """
     n = topology.world_size
     if algorithm in ("ring", "zigzag"):

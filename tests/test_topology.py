@@ -148,3 +148,10 @@ def test_groups_match_megatron_and_multinode_engine_is_exact():
         assert report["seed"] < 1e-10
         cp_ranks, nodes, inter = report["deepspeed"]
         assert cp_ranks == tuple(range(4 * (rank // 4), 4 * (rank // 4) + 4)) and nodes == 1 and inter is None
+
+
+def test_schedule_choice_is_built_once_per_algorithm_and_topology():
+    """The attention call asks on every layer: the second ask returns the same object, not a rebuild."""
+    topo = Topology.parse("2x4")
+    assert schedule_for("hamilton", topo) is schedule_for("hamilton", Topology.parse("2x4"))
+    assert schedule_for("hamilton", topo) is not schedule_for("hamilton_flat", topo)
