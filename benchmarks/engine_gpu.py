@@ -82,7 +82,9 @@ def efficiency_table(budget_s: float, quick: bool) -> tuple[list[dict], list[tup
         row = {"algorithm": algorithm, "n": n, "tokens_per_gpu": local, "kv_heads": kv_heads, "causal": causal}
         for phase, backward in (("fwd", False), ("fwd_bwd", True)):
             ideal, how = ideal_seconds(n, local, kv_heads, causal, backward)
-            got = per_rank_seconds(algorithm, n, local, HEADS, kv_heads, HEAD_DIM, causal, backward)
+            # "ring" here is the paper's baseline: the ring schedule on contiguous sharding
+            got = per_rank_seconds(algorithm, n, local, HEADS, kv_heads, HEAD_DIM, causal, backward,
+                                   sharding="contiguous" if algorithm == "ring" else "zigzag")
             row[phase] = {"ms": got.seconds * 1e3, "ideal_ms": ideal * 1e3, "efficiency": ideal / got.seconds,
                           "outside_kernels": 1 - got.kernel_seconds / got.seconds, "ideal_from": how}
         rows.append(row)

@@ -7,12 +7,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from tasp_plugin.plan import schedule_for
-from tasp_plugin.topology import Topology
 from tasp_plugin.comm import ThreadGroup
 from tasp_plugin.engine import EngineConfig, run_backward, run_forward
 from tasp_plugin.kernels import get_kernel
-from tasp_plugin.layout import shard_sequence
+from tasp_plugin.planning import Topology, resolve
+from tasp_plugin.sharding import shard_sequence
 
 from .reference import reference_attention
 
@@ -36,10 +35,11 @@ def emulated_errors(n: int, algorithm: str, causal: bool, kv_heads: int, dtype: 
     def bhsd(x, rank):
         return shard_sequence(x.detach(), rank, n, 1).transpose(1, 2).to(device, dtype).contiguous()
 
-    schedule = schedule_for(algorithm, topology).schedule
+    schedule = resolve(algorithm, topology).schedule
 
     def rank_errors(rank):
-        cfg = EngineConfig(schedule, groups[rank], rank, causal, "zigzag", scale, kernel)
+        cfg = EngineConfig.create(schedule=schedule, comm=groups[rank], kernel=kernel, head_dim=head_dim, causal=causal,
+                                  softmax_scale=scale)
         lq, lk, lv = (bhsd(x, rank) for x in (q, k, v))
         out, lse = run_forward(cfg, lq, lk, lv)
         out = out.to(dtype)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tasp_plugin.api import context_parallel_attention
-from tasp_plugin.layout import shard_sequence, unshard_sequence
+from tasp_plugin.sharding import shard_sequence, unshard_sequence
 
 from .reference import reference_attention
 

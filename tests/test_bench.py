@@ -15,10 +15,10 @@ def test_attention_flops():
 
 def test_loopback_without_delivery_leaves_receive_buffers_alone():
     target = torch.zeros(3)
-    for handle in LoopbackGroup(4, 1, deliver=False).exchange([(2, torch.ones(3))], [(0, target)]):
+    for handle in LoopbackGroup(4, 1, deliver=False).start([(2, torch.ones(3))], [(0, target)]):
         handle.wait()
     assert target.eq(0).all()
-    LoopbackGroup(4, 1).exchange([(2, torch.ones(3))], [(0, target)])
+    LoopbackGroup(4, 1).start([(2, torch.ones(3))], [(0, target)])
     assert target.eq(1).all()
 
 

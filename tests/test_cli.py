@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from tasp_plugin.cli import main
-from tasp_plugin.plan import choose_schedule, link_traffic
+from tasp_plugin.planning import Topology, link_traffic, resolve
 
 
 def test_plan_flat_with_plot(tmp_path, capsys):
@@ -58,17 +58,22 @@ def test_errors_are_one_line_without_traceback(args):
     assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("tasp: error:")
 
 
-def test_choose_schedule_rule():
-    assert choose_schedule(1).algorithm == "none"
-    assert choose_schedule(8).algorithm == "hamilton_flat"
-    assert choose_schedule(4).algorithm == "zigzag"
-    assert choose_schedule(16, 8).algorithm == "hamilton_multinode"
-    assert choose_schedule(12, 3).algorithm == "hamilton_flat"
+def _hamilton(world_size, gpus_per_node=None):
+    m = gpus_per_node or world_size
+    return resolve("hamilton", Topology.uniform(world_size // m, m))
+
+
+def test_hamilton_resolution_rule():
+    single = _hamilton(1)
+    assert single.schedule.world_size == 1 and "single rank" in single.reason
+    assert _hamilton(8).algorithm == "hamilton_flat"
+    assert _hamilton(4).algorithm == "zigzag"
+    assert _hamilton(16, 8).algorithm == "hamilton_multinode"
+    assert _hamilton(12, 3).algorithm == "hamilton_flat"
 
 
 def test_link_traffic_bytes():
-    plan = choose_schedule(8)
-    t = link_traffic(plan.schedule, 3, 7000, 8)
+    t = link_traffic(_hamilton(8).schedule, 3, 7000, 8)
     assert sorted(t.intra_peers) == [0, 1, 2, 4, 5, 6, 7] and set(t.intra_peers.values()) == {1000}
     assert t.inter_peers == {} and t.total == 7000
 
@@ -88,10 +93,7 @@ def test_missing_config_file_and_zero_gpus_per_node_are_one_line_errors(capsys, 
 
 
 def test_link_traffic_follows_relabelled_nodes():
-    from tasp_plugin.plan import schedule_for
-    from tasp_plugin.topology import Topology
-
-    plan = schedule_for("hamilton", Topology(((0, 2, 4, 6), (1, 3, 5, 7))))
+    plan = resolve("hamilton", Topology(((0, 2, 4, 6), (1, 3, 5, 7))))
     for r in range(8):
         t = link_traffic(plan.schedule, r, 800, 4)
         assert len(t.inter_peers) == 1 and all(p % 2 == r % 2 for p in t.intra_peers)

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from tasp_plugin.comm import RingExchange
+from tasp_plugin.comm import LoopbackGroup, RingExchange, as_communicator
 from tasp_plugin.schedules import RingSchedule
 
 from .distributed import run_distributed
@@ -12,7 +12,7 @@ from .distributed import run_distributed
 
 def _exchange(rank, n, transport):
     schedule = RingSchedule.hamilton(n) if n not in (4, 6) else RingSchedule.ring(n)
-    ex = RingExchange(schedule, None, rank, transport)
+    ex = RingExchange(schedule, as_communicator(None), transport)
     # two pieces per cycle of unequal sizes (as with uneven sub-chunks), the first one empty on cycle 0;
     # the receive pieces are contiguous row ranges of one buffer, in reversed order
     send = [[torch.full((j, 3), float(100 * rank + j)), torch.full((j + 1, 3), float(-100 * rank - j))]
@@ -42,4 +42,4 @@ def test_exchange(n, transport, expect):
 
 def test_all_to_all_needs_a_full_schedule():
     with pytest.raises(ValueError, match="all-to-alls"):
-        RingExchange(RingSchedule.ring(5), None, 0, "all_to_all")
+        RingExchange(RingSchedule.ring(5), LoopbackGroup(5, 0), "all_to_all")

@@ -9,12 +9,12 @@ import torch
 import torch.distributed as dist
 
 from tasp_plugin.api import context_parallel_attention
-from tasp_plugin.plan import schedule_for
-from tasp_plugin.topology import Topology
+from tasp_plugin.comm import as_communicator
+from tasp_plugin.planning import Topology, resolve
 from tasp_plugin.engine import EngineConfig, RingAttentionFunction
 from tasp_plugin.kernels import MathKernel
 from tasp_plugin.schedules import RingSchedule
-from tasp_plugin.layout import shard_sequence
+from tasp_plugin.sharding import shard_sequence
 
 from .distributed import run_distributed
 from .reference import reference_attention
@@ -49,8 +49,9 @@ def _contiguous_case(rank, n, algorithm, causal):
     q, k, v = (torch.randn(b, seq, h, d, dtype=torch.float64, requires_grad=True) for _ in range(3))
     ref_out, ref_lse = reference_attention(q, k, v, causal, 0.5)
     ref_out.sum().backward()
-    sched = RingSchedule.ring(n) if algorithm == "ring" else schedule_for("hamilton", Topology.uniform(1, n)).schedule
-    cfg = EngineConfig(sched, None, rank, causal, "contiguous", 0.5, MathKernel())
+    sched = RingSchedule.ring(n) if algorithm == "ring" else resolve("hamilton", Topology.uniform(1, n)).schedule
+    cfg = EngineConfig.create(schedule=sched, comm=as_communicator(None), kernel=MathKernel(), head_dim=d,
+                              causal=causal, sharding="contiguous", softmax_scale=0.5)
     lq, lk, lv = (x.detach().chunk(n, dim=1)[rank].transpose(1, 2).contiguous().requires_grad_(True) for x in (q, k, v))
     out, lse = RingAttentionFunction.apply(lq, lk, lv, cfg)
     out.sum().backward()

@@ -36,7 +36,7 @@ def test_engine_matrix_emulated_on_one_gpu(n, algorithm, causal, kv_heads, dtype
 def test_a_thread_that_never_gets_its_message_times_out_instead_of_hanging():
     group = ThreadGroup.create(2, timeout=0.2)[0]
     target = torch.empty(3)
-    (handle,) = group.exchange([], [(1, target)])
+    (handle,) = group.start([], [(1, target)])
     with pytest.raises(TimeoutError, match="rank 0 waited"):
         handle.wait()
 
@@ -45,11 +45,12 @@ def test_loopback_runs_one_ranks_full_step_sequence():
     """One rank alone: every step's blocks run (timing marks for all n steps) on same-sized data."""
     n = 8
     timer = StepTimer()
-    cfg = EngineConfig(RingSchedule.hamilton(n), LoopbackGroup(n, 3), 3, True, "zigzag", 0.25, MathKernel(), timer)
+    cfg = EngineConfig.create(schedule=RingSchedule.hamilton(n), comm=LoopbackGroup(n, 3), kernel=MathKernel(),
+                              head_dim=8, softmax_scale=0.25, hook=timer)
     q, k, v = (torch.randn(1, 2, 4 * (n - 1), 8) for _ in range(3))
     out, lse = run_forward(cfg, q, k, v)
     assert out.shape == q.shape and torch.isfinite(lse).all()
-    assert {step for _, step in timer.marks} == set(range(n))
+    assert {step for _, _, step in timer.marks} == set(range(n))
     with pytest.raises(ValueError, match="outside"):
         LoopbackGroup(4, 4)
 
@@ -58,15 +59,16 @@ def test_receives_match_sends_in_posting_order_even_when_waited_out_of_order():
     """The backward posts the K/V prefetch before the accumulator hop but waits for the hop first."""
     a, b = ThreadGroup.create(2)
     first, second = torch.empty(1), torch.empty(1)
-    a.exchange([(1, torch.tensor([1.0]))], [])
-    a.exchange([(1, torch.tensor([2.0]))], [])
-    (h1,) = b.exchange([], [(0, first)])
-    (h2,) = b.exchange([], [(0, second)])
+    a.start([(1, torch.tensor([1.0]))], [])
+    a.start([(1, torch.tensor([2.0]))], [])
+    (h1,) = b.start([], [(0, first)])
+    (h2,) = b.start([], [(0, second)])
     h2.wait()
     h1.wait()
     assert (first.item(), second.item()) == (1.0, 2.0)
 
 
-def test_engine_config_rejects_an_unknown_layout():
-    with pytest.raises(ValueError, match="unknown layout 'zig-zag'"):
-        EngineConfig(RingSchedule.ring(2), None, 0, True, "zig-zag", 1.0, MathKernel())
+def test_engine_config_rejects_an_unknown_sharding():
+    with pytest.raises(ValueError, match="unknown sharding 'zig-zag'"):
+        EngineConfig.create(schedule=RingSchedule.ring(2), comm=LoopbackGroup(2, 0), kernel=MathKernel(), head_dim=8,
+                            sharding="zig-zag")

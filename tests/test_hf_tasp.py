@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tasp_plugin.layout import shard_sequence, unshard_sequence
+from tasp_plugin.sharding import shard_sequence, unshard_sequence
 from tests.distributed import run_distributed
 
 pytest.importorskip("transformers")

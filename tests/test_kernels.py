@@ -70,7 +70,7 @@ def test_update_out_and_lse_seed_api():
     o, l = update_out_and_lse(None, None, torch.ones(1, 1, 2, 4), torch.zeros(1, 1, 2))
     o2, l2 = update_out_and_lse(o, l, torch.zeros(1, 1, 2, 4), torch.zeros(1, 1, 2))
     assert torch.allclose(o2, torch.full_like(o2, 0.5)) and torch.allclose(l2, torch.full_like(l2, 0.6931471805599453))
-    from tasp_plugin.seed_api import _update_out_and_lse
+    from tasp_plugin.compat.seed_api import _update_out_and_lse
 
     o3, l3 = _update_out_and_lse(torch.ones(1, 1, 2, 4), torch.zeros(1, 1, 2), torch.full((1, 1, 2, 4), 3.0),
                                  torch.full((1, 1, 2), float("-inf")))

@@ -48,7 +48,7 @@ def _attention_case(rank: int, group, n: int, algorithm: str, causal: bool) -> d
     from megatron.core.transformer.enums import AttnMaskType
 
     from tasp_plugin.integrations.megatron import TASPCoreAttention
-    from tasp_plugin.layout import shard_sequence
+    from tasp_plugin.sharding import shard_sequence
 
     gen = torch.Generator().manual_seed(7)
     s, b, h, hkv, d = 8 * n, 2, 4, 2, 8

@@ -1,4 +1,9 @@
-"""Every Python snippet in README.md runs as written."""
+"""Every Python snippet in README.md and docs/*.md runs as written.
+
+A snippet is a fenced block opened by exactly three backticks and ``python``; fragments that are not meant to
+run use ``bash`` or ``text`` fences. Snippets that start processes (``torch.multiprocessing``) are marked
+``distributed``, so the inner loop (``-m "not distributed and not slow"``) runs only the quick ones.
+"""
 
 import re
 import socket
@@ -9,7 +14,18 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parents[1]
-SNIPPETS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def _snippets():
+    params = []
+    for doc in DOCUMENTS:
+        blocks = re.findall(r"^```python\n(.*?)^```", doc.read_text(), flags=re.S | re.M)
+        for index, code in enumerate(blocks):
+            spawns = "torch.multiprocessing" in code or "init_process_group" in code
+            marks = [pytest.mark.distributed] if spawns else []
+            params.append(pytest.param(code, id=f"{doc.name}-{index}", marks=marks))
+    return params
 
 
 def _free_port() -> str:
@@ -18,10 +34,10 @@ def _free_port() -> str:
         return str(s.getsockname()[1])
 
 
-@pytest.mark.parametrize("index", range(len(SNIPPETS)))
-def test_readme_snippet_runs(index, tmp_path):
-    code = re.sub(r'"295[0-9][0-9]"', lambda _: f'"{_free_port()}"', SNIPPETS[index])
-    script = tmp_path / f"snippet{index}.py"
+@pytest.mark.parametrize("code", _snippets())
+def test_snippet_runs(code, tmp_path):
+    code = re.sub(r'"295[0-9][0-9]"', lambda _: f'"{_free_port()}"', code)
+    script = tmp_path / "snippet.py"
     script.write_text(code)
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

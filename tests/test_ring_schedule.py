@@ -24,7 +24,7 @@ def check_routing(s: RingSchedule):
 @given(st.integers(min_value=2, max_value=40).filter(lambda n: n not in (4, 6)))
 def test_hamilton_routing(n):
     s = RingSchedule.hamilton(n)
-    assert s.kind == "hamilton" and s.num_cycles == n - 1 and s.num_steps == n
+    assert s.kind == "hamilton_flat" and s.num_cycles == n - 1 and s.num_steps == n
     check_routing(s)
     # one step of a K_n schedule is an all-to-all: every rank sends to every other rank once
     for r in range(n):

@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from tasp_plugin import seed_api as seed
-from tasp_plugin.layout import shard_sequence
-from tasp_plugin.schedules import calculate_in_mapping_circle, calculate_out_mapping_circle, gen_hamilton_circle
+from tasp_plugin.compat import seed_api as seed
+from tasp_plugin.sharding import shard_sequence
+from tasp_plugin.compat.seed_helpers import calculate_in_mapping_circle, calculate_out_mapping_circle, gen_hamilton_circle
 
 from .distributed import run_distributed
 from .reference import reference_attention

@@ -2,8 +2,7 @@
 
 import pytest
 
-from tasp_plugin.schedules import (
-    RingSchedule,
+from tasp_plugin.compat.seed_helpers import (
     calculate_in_mapping_circle,
     calculate_inter_node_mapping,
     calculate_intra_node_in_mapping_two_nodes,
@@ -14,6 +13,7 @@ from tasp_plugin.schedules import (
     gen_hamilton_circle_two_nodes,
     gen_hamilton_path_local,
 )
+from tasp_plugin.schedules import RingSchedule
 
 
 @pytest.mark.parametrize("n", [3, 5, 8, 10, 16])

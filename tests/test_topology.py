@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from tasp_plugin.plan import schedule_for
+from tasp_plugin.planning import resolve
 from tasp_plugin.topology import Topology, cp_rank_lists, subgroup_rank_lists
 
 from .distributed import run_distributed
@@ -53,20 +53,20 @@ def test_subgroups_of_a_cp_group_spanning_nodes_and_of_groups_sharing_a_node():
 @pytest.mark.parametrize("spec, kind", [("2x4", "hamilton_multinode"), ("1x8", "hamilton_flat"),
                                         ("3x3", "hamilton_flat"), ("2x3", "zigzag"), ("1x4", "zigzag"), ("3x2", "hamilton_multinode")])
 def test_hamilton_picks_flat_or_multinode_from_the_topology(spec, kind):
-    assert schedule_for("hamilton", Topology.parse(spec)).algorithm == kind
+    assert resolve("hamilton", Topology.parse(spec)).algorithm == kind
 
 
 def test_explicit_multinode_needs_several_equal_nodes():
     with pytest.raises(ValueError, match="hamilton_multinode"):
-        schedule_for("hamilton_multinode", Topology.uniform(1, 8))
-    assert schedule_for("hamilton_flat", Topology.parse("2x4")).schedule.kind == "hamilton"
+        resolve("hamilton_multinode", Topology.uniform(1, 8))
+    assert resolve("hamilton_flat", Topology.parse("2x4")).schedule.kind == "hamilton_flat"
 
 
 @pytest.mark.parametrize("spec", ["2x2", "2x4", "4x2", "3x2"])
 @pytest.mark.parametrize("causal", [True, False])
 def test_multinode_hamilton_matches_reference(spec, causal):
     n = Topology.parse(spec).world_size
-    assert schedule_for("hamilton", Topology.parse(spec)).schedule.kind == "multinode"
+    assert resolve("hamilton", Topology.parse(spec)).schedule.kind == "hamilton_multinode"
     errors = emulated_errors(n, "hamilton", causal, 2, torch.float64, 8 * n, topology=spec)
     assert max(errors.values()) < 1e-10, errors
 
@@ -74,8 +74,8 @@ def test_multinode_hamilton_matches_reference(spec, causal):
 def test_multinode_hamilton_on_nodes_whose_ranks_are_not_consecutive():
     """A CP group whose node members interleave in group order (relabelled schedule)."""
     topo = Topology(((0, 2, 4, 6), (1, 3, 5, 7)))
-    plan = schedule_for("hamilton", topo)
-    assert plan.schedule.kind == "multinode"
+    plan = resolve("hamilton", topo)
+    assert plan.schedule.kind == "hamilton_multinode"
     assert all(plan.schedule.node_of(r) == topo.node_of(r) for r in range(8))
     # every hop of the relabelled cycles: one NIC hop per rank and cycle set, the rest inside a node
     for r in range(8):
@@ -90,8 +90,8 @@ def _groups_and_engine(rank, world):
 
     from tasp_plugin import context_parallel_attention
     from tasp_plugin.integrations.megatron import initialize_tasp_groups, tasp_groups_for
-    from tasp_plugin.layout import shard_sequence
-    from tasp_plugin.seed_api import hamilton_attention_forward_full_flash_attn_two_nodes
+    from tasp_plugin.sharding import shard_sequence
+    from tasp_plugin.compat.seed_api import hamilton_attention_forward_full_flash_attn_two_nodes
     from tasp_plugin.topology import build_cp_groups, build_subgroups
 
     os.environ["TASP_TOPOLOGY"] = "2x4"
@@ -153,5 +153,5 @@ def test_groups_match_megatron_and_multinode_engine_is_exact():
 def test_schedule_choice_is_built_once_per_algorithm_and_topology():
     """The attention call asks on every layer: the second ask returns the same object, not a rebuild."""
     topo = Topology.parse("2x4")
-    assert schedule_for("hamilton", topo) is schedule_for("hamilton", Topology.parse("2x4"))
-    assert schedule_for("hamilton", topo) is not schedule_for("hamilton_flat", topo)
+    assert resolve("hamilton", topo) is resolve("hamilton", Topology.parse("2x4"))
+    assert resolve("hamilton", topo) is not resolve("hamilton_flat", topo)

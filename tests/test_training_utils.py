@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from tasp_plugin.layout import unshard_sequence
+from tasp_plugin.sharding import unshard_sequence
 from tasp_plugin.training.batch import shard_batch_for_cp
 from tasp_plugin.training.checkpoint import load_checkpoint, save_checkpoint
 from tasp_plugin.training.curves import save_loss_curve

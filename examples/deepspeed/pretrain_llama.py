@@ -27,7 +27,7 @@ import warnings
 import torch
 import torch.distributed as dist
 
-from tasp_plugin.api import ALGORITHMS
+from tasp_plugin.planning import Algorithm
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "deepspeed", "cp8_hamilton_zero1.json")
@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--deepspeed-config", default=DEFAULT_CONFIG, help="DeepSpeed JSON with a context_parallel section")
     p.add_argument("--world-size", type=int, default=None, help="processes to spawn (default: the CP size)")
     p.add_argument("--cp-size", type=int, default=None)
-    p.add_argument("--algorithm", choices=ALGORITHMS, default=None)
+    p.add_argument("--algorithm", choices=Algorithm.values(), default=None)
     p.add_argument("--zero-stage", type=int, choices=(0, 1, 2, 3), default=None)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--seq-len", type=int, default=512)

@@ -10,13 +10,13 @@ import os
 import torch
 import torch.distributed as dist
 
+from ..comm import ProcessGroupCommunicator
 from ..engine import EngineConfig, StepTimer, run_forward
-from ..kernels import get_kernel
-from ..kernels.base import expand_kv_heads
-from ..layout import shard_sequence
-from ..plan import schedule_for
+from ..kernels import expand_kv_heads, get_kernel
+from ..planning import Algorithm, Sharding, Topology, resolve
 from ..schedules import RingSchedule
-from ..topology import Topology, detect_topology
+from ..sharding import shard_sequence
+from ..topology import detect_topology
 
 __all__ = ["mean_timings", "prof_perform"]
 
@@ -25,12 +25,12 @@ def _schedules(two_nodes: bool, group) -> dict[str, tuple[str, RingSchedule]]:
     n = dist.get_world_size(group)
     if two_nodes:
         topo = detect_topology(group)
-        plan = schedule_for("hamilton_multinode", topo)
+        res = resolve(Algorithm.HAMILTON_MULTINODE, topo)
         name = f"({topo.gpus_per_node}-K{topo.gpus_per_node}-{topo.gpus_per_node})^{topo.num_nodes}-hamilton"
     else:
-        plan = schedule_for("hamilton", Topology.uniform(1, n))
-        name = f"K{n}-hamilton" if plan.algorithm == "hamilton_flat" else f"K{n}-zigzag-fallback"
-    return {"hamilton": (name, plan.schedule), "ring": ("ring", RingSchedule.ring(n))}
+        res = resolve(Algorithm.HAMILTON, Topology.uniform(1, n))
+        name = f"K{n}-hamilton" if res.algorithm is Algorithm.HAMILTON_FLAT else f"K{n}-zigzag-fallback"
+    return {"hamilton": (name, res.schedule), "ring": ("ring", RingSchedule.ring(n))}
 
 
 def prof_perform(bs: int, seqlen: int, nheads: int, d: int, causal: bool, two_nodes: bool, test_nums: int,
@@ -58,13 +58,15 @@ def prof_perform(bs: int, seqlen: int, nheads: int, d: int, causal: bool, two_no
     kernel = get_kernel("auto", device, dtype, d)
     results = {}
     for key, (name, schedule) in _schedules(two_nodes, group).items():
-        cfg_args = (schedule, group, rank, causal, "zigzag", d ** -0.5, kernel)
+        comm = ProcessGroupCommunicator(group)
         data, out = [], None
         profiler = _profiler(torch_profile, device)
         with profiler:
             for it in range(warm_ups + test_nums):
                 timer = StepTimer(device)
-                out, _ = run_forward(EngineConfig(*cfg_args, timer), *local)
+                cfg = EngineConfig.create(schedule=schedule, comm=comm, kernel=kernel, head_dim=d, causal=causal,
+                                          sharding=Sharding.ZIGZAG, hook=timer)
+                out, _ = run_forward(cfg, *local)
                 if it >= warm_ups:
                     data.append(timer.summary())
         if torch_profile:

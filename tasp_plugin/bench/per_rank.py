@@ -11,8 +11,7 @@ import torch
 from ..comm import LoopbackGroup
 from ..engine import EngineConfig, run_backward, run_forward
 from ..kernels import BlockKernel, get_kernel
-from ..plan import schedule_for
-from ..topology import Topology
+from ..planning import Algorithm, Sharding, Topology, parse_choice, resolve
 
 __all__ = ["KernelClock", "PerRankResult", "attention_flops", "monolithic_seconds", "per_rank_seconds"]
 
@@ -86,24 +85,23 @@ class PerRankResult:
     kernel_seconds: float
 
 
-def per_rank_seconds(algorithm: str, n: int, local: int, heads: int, kv_heads: int, head_dim: int, causal: bool,
-                     backward: bool, backend: str = "auto", dtype: torch.dtype = torch.bfloat16,
-                     reps: int = 2) -> PerRankResult:
-    """One rank's forward (or forward + backward) through the engine with ``local`` tokens per rank.
-    ``ring`` is ring attention on contiguous shards (its busiest rank, n - 1, when causal); ``zigzag``
-    and ``hamilton`` (flat K_n) use zigzag shards and are balanced, so rank 0 stands for all."""
-    layout = "contiguous" if algorithm == "ring" else "zigzag"
-    rank = n - 1 if algorithm == "ring" else 0
-    name = "zigzag" if algorithm == "ring" else algorithm
-    schedule = schedule_for(name, Topology.uniform(1, n)).schedule
+def per_rank_seconds(algorithm: Algorithm | str, n: int, local: int, heads: int, kv_heads: int, head_dim: int,
+                     causal: bool, backward: bool, backend: str = "auto", dtype: torch.dtype = torch.bfloat16,
+                     reps: int = 2, sharding: Sharding | str = Sharding.ZIGZAG) -> PerRankResult:
+    """One rank's forward (or forward + backward) through the engine with ``local`` tokens per rank, on
+    one node. On contiguous sharding (the paper's ring baseline) the busiest rank, n - 1, is timed; zigzag
+    sharding is balanced, so rank 0 stands for all."""
+    split = parse_choice(Sharding, sharding, "sharding")
+    rank = n - 1 if split is Sharding.CONTIGUOUS else 0
+    schedule = resolve(algorithm, Topology.uniform(1, n)).schedule
     kernel = get_kernel(backend, torch.device("cuda"), dtype, head_dim)
     q = torch.randn(1, heads, local, head_dim, device="cuda", dtype=dtype)
     k, v = (torch.randn(1, kv_heads, local, head_dim, device="cuda", dtype=dtype) for _ in range(2))
     dout = torch.randn_like(q)
 
     def call(kern):
-        cfg = EngineConfig(schedule, LoopbackGroup(n, rank, deliver=False), rank, causal, layout,
-                           head_dim ** -0.5, kern)
+        cfg = EngineConfig.create(schedule=schedule, comm=LoopbackGroup(n, rank, deliver=False), kernel=kern,
+                                  head_dim=head_dim, causal=causal, sharding=split)
         out, lse = run_forward(cfg, q, k, v)
         if backward:
             run_backward(cfg, dout, q, k, v, out.to(dtype), lse)

@@ -7,9 +7,9 @@ import json
 import sys
 
 from ..costmodel import MACHINES
+from ..planning import DTYPE_BYTES, Algorithm, Topology, link_traffic, resolve
+from ..schedules import ScheduleError, multinode_links, validate_cycles
 from .bench import add_bench_parser
-from ..plan import DTYPE_BYTES, choose_schedule, link_traffic
-from ..schedules import ScheduleError, validate_cycles, multinode_links
 
 
 def _rail(src: int, dst: int, m: int) -> str:
@@ -28,19 +28,22 @@ def _human(nbytes: float) -> str:
 def _plan(args: argparse.Namespace) -> int:
     n = args.world_size
     m = n if args.gpus_per_node is None else args.gpus_per_node
-    plan = choose_schedule(n, m)
-    sched = plan.schedule
-    print(f"world size {n}, {sched.nodes if sched.kind == 'multinode' else n // m} node(s) x {m} GPUs")
-    print(f"schedule: {plan.algorithm} ({sched.num_cycles} cycle{'s' if sched.num_cycles != 1 else ''})")
-    print(f"why: {plan.reason}")
+    if m < 1 or n % m:
+        raise ValueError(f"world size {n} is not a multiple of gpus per node {m}")
+    res = resolve(Algorithm.HAMILTON, Topology.uniform(n // m, m))
+    sched = res.schedule
+    print(f"world size {n}, {n // m} node(s) x {m} GPUs")
+    print(f"schedule: {res.algorithm.value} ({sched.num_cycles} cycle{'s' if sched.num_cycles != 1 else ''})")
+    print(f"why: {res.reason}")
     print("cycles (data flows left to right, then back to the first rank):")
     for c, cyc in enumerate(sched.cycles):
         print(f"  cycle {c:>3}: {' -> '.join(map(str, cyc))}")
     try:
-        links = multinode_links(sched.nodes, sched.gpus_per_node) if sched.kind == "multinode" else None
-        validate_cycles(sched.cycles, n, complete=sched.kind == "hamilton", allowed_arcs=links)
-        print("validation: OK (each cycle Hamiltonian, arcs disjoint"
-              + (", every ordered pair covered)" if sched.kind == "hamilton" else ")"))
+        multinode = sched.kind == Algorithm.HAMILTON_MULTINODE
+        flat = sched.kind == Algorithm.HAMILTON_FLAT
+        links = multinode_links(sched.nodes, sched.gpus_per_node) if multinode else None
+        validate_cycles(sched.cycles, n, complete=flat, allowed_arcs=links)
+        print("validation: OK (each cycle Hamiltonian, arcs disjoint" + (", every ordered pair covered)" if flat else ")"))
     except ScheduleError as exc:  # pragma: no cover - generated schedules are validated on creation
         print(f"validation: FAILED: {exc}")
         return 1
@@ -61,7 +64,7 @@ def _plan(args: argparse.Namespace) -> int:
     if args.plot:
         from .plot import plot_schedule
 
-        plot_schedule(sched, args.plot, f"{plan.algorithm}: {n} ranks, {sched.num_cycles} cycles")
+        plot_schedule(sched, args.plot, f"{res.algorithm.value}: {n} ranks, {sched.num_cycles} cycles")
         print(f"plot written to {args.plot}")
     return 0
 
@@ -76,8 +79,8 @@ def _predict(args: argparse.Namespace, n: int, m: int) -> None:
     choice = choose_algorithm(machine, problem)
     print(f"cost model on {machine.name} ({'causal' if args.causal else 'non-causal'}):")
     for name, p in choice.predictions.items():
-        print(f"  {name:<20} forward {p.fwd_s * 1e3:9.3f} ms   forward+backward {p.fwd_bwd_s * 1e3:9.3f} ms")
-    print(f"  algorithm='auto' on GPUs picks {choice.schedule}: {choice.reason}")
+        print(f"  {name.value:<20} forward {p.fwd_s * 1e3:9.3f} ms   forward+backward {p.fwd_bwd_s * 1e3:9.3f} ms")
+    print(f"  algorithm='auto' on GPUs picks {choice.schedule.value}: {choice.reason}")
 
 
 PLAN_DEFAULTS = {"world_size": None, "gpus_per_node": None, "seqlen": 131072, "heads": 32, "kv_heads": None,

@@ -1,6 +1,9 @@
-"""Layer 4: one step's exchange of a ring schedule over a process group (or an emulated one)."""
+"""Communication: the ``Communicator`` interface and its implementations (process group, routed
+``CPGroups``, threads, loopback), and one step's exchange of a ring schedule over any of them."""
 
+from .communicator import Communicator, Handle, ProcessGroupCommunicator, RoutedCommunicator, as_communicator
 from .emulation import EmulatedGroup, LoopbackGroup, ThreadGroup
-from .exchange import TRANSPORTS, RingExchange, group_size_rank
+from .exchange import TRANSPORTS, RingExchange
 
-__all__ = ["EmulatedGroup", "LoopbackGroup", "RingExchange", "TRANSPORTS", "ThreadGroup", "group_size_rank"]
+__all__ = ["TRANSPORTS", "Communicator", "EmulatedGroup", "Handle", "LoopbackGroup", "ProcessGroupCommunicator",
+           "RingExchange", "RoutedCommunicator", "ThreadGroup", "as_communicator"]

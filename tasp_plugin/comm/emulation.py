@@ -6,31 +6,30 @@ sends (data is wrong, timing and memory traffic are those of one rank's real ste
 from __future__ import annotations
 
 import threading
-from abc import ABC, abstractmethod
 from collections import defaultdict
 
 import torch
 
+from .communicator import Communicator, Handle, Transfers
+
 __all__ = ["EmulatedGroup", "LoopbackGroup", "ThreadGroup"]
 
 
-class EmulatedGroup(ABC):
-    """One rank's view of an emulated group: ``size()``, ``rank()`` and one exchange of tensor lists."""
+class EmulatedGroup(Communicator):
+    """One rank of a group that lives inside this process (threads, or one rank alone)."""
 
     def __init__(self, world_size: int, rank: int) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
         self._size, self._rank = world_size, rank
 
+    @property
     def size(self) -> int:
         return self._size
 
+    @property
     def rank(self) -> int:
         return self._rank
-
-    @abstractmethod
-    def exchange(self, sends: list[tuple[int, torch.Tensor]], recvs: list[tuple[int, torch.Tensor]]) -> list:
-        """Post ``(peer, tensor)`` sends and receives; return handles with ``wait()``."""
 
 
 class _Done:
@@ -47,7 +46,7 @@ class LoopbackGroup(EmulatedGroup):
         super().__init__(world_size, rank)
         self.deliver = deliver
 
-    def exchange(self, sends, recvs):
+    def start(self, sends: Transfers, recvs: Transfers) -> list[Handle]:
         if len(sends) != len(recvs):
             raise ValueError("loopback needs as many sends as receives in one exchange")
         if self.deliver:
@@ -111,7 +110,7 @@ class ThreadGroup(EmulatedGroup):
         box = _Mailbox()
         return [cls(world_size, r, box, timeout) for r in range(world_size)]
 
-    def exchange(self, sends, recvs):
+    def start(self, sends: Transfers, recvs: Transfers) -> list[Handle]:
         for peer, s in sends:
             self._box.put(self._rank, peer, s)
         return [_Receive(self._box, peer, self._rank, r, self._timeout) for peer, r in recvs]

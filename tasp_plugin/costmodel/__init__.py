@@ -8,12 +8,11 @@ preset such as :data:`MI300X_MESH`), the attention call (:class:`Problem`) and t
 from .choose import Choice, choose_algorithm
 from .interconnect import FullMesh, Interconnect, MultiNode, Switch
 from .machines import INTERCONNECT_ENV, MACHINES, interconnect_for
-from .predict import ALGORITHMS, Prediction, StepTime, predict, step_sends
+from .predict import Prediction, StepTime, predict
 from .presets import H100_NVSWITCH, H200_NVSWITCH, MI300X_MESH, h100_nodes
 from .problem import ComputeRates, Problem
 
 __all__ = [
-    "ALGORITHMS",
     "H100_NVSWITCH",
     "H200_NVSWITCH",
     "INTERCONNECT_ENV",
@@ -32,5 +31,4 @@ __all__ = [
     "h100_nodes",
     "interconnect_for",
     "predict",
-    "step_sends",
 ]

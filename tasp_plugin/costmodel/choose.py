@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ..planning import Algorithm
 from ..schedules import NoHamiltonianDecomposition, NoPathDecomposition
 from .interconnect import Interconnect, MultiNode
 from .predict import Prediction, predict
@@ -12,17 +13,18 @@ from .problem import ComputeRates, Problem
 
 __all__ = ["Choice", "choose_algorithm"]
 
-# candidates from simplest to most complex (peers per step, kernel calls per step)
-_CANDIDATES = ("zigzag", "ring", "hamilton_multinode", "hamilton_flat")
+# what the engine can run on zigzag shards, from simplest to most complex (peers and kernel calls per step)
+_CANDIDATES = (Algorithm.ZIGZAG, Algorithm.HAMILTON_MULTINODE, Algorithm.HAMILTON_FLAT)
 
 
 @dataclass(frozen=True)
 class Choice:
-    """The chosen ``algorithm`` ("ring", "zigzag" or "hamilton"), the ``schedule`` behind it ("ring", "zigzag",
-    "hamilton_flat" or "hamilton_multinode"), every feasible candidate's prediction, and why."""
+    """The chosen ``algorithm`` as a user names it (``zigzag`` or ``hamilton``), the concrete algorithm it
+    runs (``schedule``: ``zigzag``, ``hamilton_flat`` or ``hamilton_multinode``), every feasible candidate's
+    prediction, and why."""
 
-    algorithm: str
-    schedule: str
+    algorithm: Algorithm
+    schedule: Algorithm
     predictions: Mapping[str, Prediction]
     reason: str
 
@@ -41,7 +43,7 @@ def choose_algorithm(interconnect: Interconnect, problem: Problem, rates: Comput
     named in the reason."""
     if not 0 <= margin < 1:
         raise ValueError(f"margin must be in [0, 1), got {margin!r}")
-    predictions: dict[str, Prediction] = {}
+    predictions: dict[Algorithm, Prediction] = {}
     skipped: list[str] = []
     for name in _CANDIDATES:
         if name == "hamilton_multinode" and not isinstance(interconnect, MultiNode):
@@ -60,13 +62,14 @@ def choose_algorithm(interconnect: Interconnect, problem: Problem, rates: Comput
             best = name
     t_best = seconds(predictions[best])
     phase = "forward+backward" if backward else "forward"
-    others = ", ".join(f"{k} {seconds(p) * 1e3:.3g} ms ({seconds(p) / t_best:.2f}x)"
+    others = ", ".join(f"{k.value} {seconds(p) * 1e3:.3g} ms ({seconds(p) / t_best:.2f}x)"
                        for k, p in predictions.items() if k != best)
-    reason = (f"{best}: predicted {t_best * 1e3:.3g} ms {phase} on {interconnect.name} "
+    reason = (f"{best.value}: predicted {t_best * 1e3:.3g} ms {phase} on {interconnect.name} "
               f"({_step_summary(predictions[best])}); {others or 'no other candidate'}")
-    close = [k for k, p in predictions.items() if seconds(p) < t_best]
+    close = [k.value for k, p in predictions.items() if seconds(p) < t_best]
     if close:
         reason += f"; kept {best} since {', '.join(close)} gains less than the {margin:.0%} margin"
     if skipped:
         reason += "; " + "; ".join(skipped)
-    return Choice("hamilton" if best.startswith("hamilton") else best, best, predictions, reason)
+    family = Algorithm.ZIGZAG if best is Algorithm.ZIGZAG else Algorithm.HAMILTON
+    return Choice(family, best, predictions, reason)

@@ -1,5 +1,5 @@
 """The interconnect of a CP group: a preset by name (``TASP_INTERCONNECT`` or an argument) or guessed from
-the GPU's name, scaled to the group's node layout."""
+the GPU's name, scaled to the group's topology."""
 
 from __future__ import annotations
 

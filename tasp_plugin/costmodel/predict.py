@@ -4,28 +4,27 @@ Step ``s`` (``s = 0 .. n-1``) computes on the chunks held at step ``s`` while th
 in flight, so a step lasts the longer of the two; the slowest rank sets the pace. Per step a rank sends its
 whole local K/V once, split evenly over the schedule's cycles (ring: all of it to one peer; flat Hamilton:
 ``1/(n-1)`` to each of ``n-1`` peers; multi-node Hamilton: ``1/m`` to each of ``m-1`` node peers and one NIC
-peer). The backward also carries the dK/dV accumulators along the same cycles (DESIGN.md section 3): window
-``s`` sends K/V for step ``s + 1`` and the accumulators of step ``s - 1``, and one last hop brings the
+peer). The backward also carries the dK/dV accumulators along the same cycles (docs/DESIGN.md, "Backward"):
+window ``s`` sends K/V for step ``s + 1`` and the accumulators of step ``s - 1``, and one last hop brings the
 accumulators home after the final step, not overlapped with anything.
 
-Compute per step follows the causal rule of DESIGN.md section 2. On zigzag shards (``zigzag`` and the Hamilton
-schedules) every rank does half a local-sized block every step. ``ring`` is the paper's Ring Attention
-baseline on contiguous shards: a chunk from an earlier rank is a full unmasked block, one from a later rank is
-skipped, so some rank does a full block every step after the first. Without a causal mask all algorithms do a
-full block every step.
+Compute per step is counted from the engine's own step plans (``planning.step_work``: the causal rule of
+docs/DESIGN.md, "One step"). On zigzag sharding every rank does half a local-sized block every step. The
+paper's Ring Attention baseline is ``ring`` on contiguous sharding: a chunk from an earlier rank is a full
+unmasked block, one from a later rank is skipped, so some rank does a full block every step after the
+first. Without a causal mask every schedule does a full block every step.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..planning import Algorithm, Sharding, Topology, parse_choice, resolve, step_sends, step_work
 from ..schedules import RingSchedule
 from .interconnect import Interconnect, MultiNode
 from .problem import ComputeRates, Problem
 
-__all__ = ["ALGORITHMS", "Prediction", "StepTime", "predict", "step_sends"]
-
-ALGORITHMS = ("ring", "zigzag", "hamilton_flat", "hamilton_multinode")
+__all__ = ["Prediction", "StepTime", "predict"]
 
 
 @dataclass(frozen=True)
@@ -45,7 +44,8 @@ class StepTime:
 class Prediction:
     """Predicted timeline of one attention call: forward steps, backward steps and the backward's last hop."""
 
-    algorithm: str
+    algorithm: Algorithm
+    sharding: Sharding
     world_size: int
     num_cycles: int
     fwd_steps: tuple[StepTime, ...]
@@ -74,43 +74,19 @@ class Prediction:
         return sum(s.comm_s for s in overlapped) > sum(s.compute_s for s in overlapped)
 
 
-def _schedule(algorithm: str, interconnect: Interconnect, world_size: int) -> RingSchedule:
-    """The ring schedule ``algorithm`` runs on ``world_size`` ranks of ``interconnect``.
+def _schedule(algorithm: Algorithm, interconnect: Interconnect, world_size: int) -> RingSchedule:
+    """The schedule ``algorithm`` (a concrete one) runs on ``world_size`` ranks of ``interconnect``.
 
     Raises ValueError (NoHamiltonianDecomposition, NoPathDecomposition) where the schedule does not exist.
     """
-    if algorithm in ("ring", "zigzag"):
-        return RingSchedule.ring(world_size)
-    if algorithm == "hamilton_flat":
-        return RingSchedule.hamilton(world_size)
-    if algorithm == "hamilton_multinode":
-        if not isinstance(interconnect, MultiNode):
-            raise ValueError("algorithm 'hamilton_multinode' needs a MultiNode interconnect")
-        return RingSchedule.multinode(interconnect.nodes, interconnect.gpus_per_node)
-    raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {ALGORITHMS}")
-
-
-def step_sends(schedule: RingSchedule, rank: int, nbytes: float) -> dict[int, float]:
-    """Bytes ``rank`` sends to each peer in one step when it moves ``nbytes`` split evenly over the cycles."""
-    chunk = nbytes / schedule.num_cycles
-    sends: dict[int, float] = {}
-    for _, dst, _ in schedule.peers(rank):
-        if dst != rank:
-            sends[dst] = sends.get(dst, 0.0) + chunk
-    return sends
-
-
-def _work(schedule: RingSchedule, rank: int, step: int, causal: bool, contiguous: bool) -> tuple[float, int]:
-    """(fraction of a local-sized unmasked block, number of kernel calls) for ``rank`` at ``step``."""
-    if not causal:
-        return 1.0, 1
-    if step == 0:
-        return 0.5, 1
-    earlier = sum(schedule.source(rank, c, step) < rank for c in range(schedule.num_cycles))
-    later = schedule.num_cycles - earlier
-    if contiguous:
-        return earlier / schedule.num_cycles, int(earlier > 0)
-    return 0.5, int(earlier > 0) + int(later > 0)
+    if not algorithm.concrete:
+        raise ValueError(f"algorithm {algorithm.value!r} is a rule, not a schedule; predict one of "
+                         f"{[a.value for a in Algorithm if a.concrete]}")
+    if algorithm is Algorithm.HAMILTON_MULTINODE and not isinstance(interconnect, MultiNode):
+        raise ValueError("algorithm 'hamilton_multinode' needs a MultiNode interconnect")
+    topology = (Topology.uniform(interconnect.nodes, interconnect.gpus_per_node)
+                if isinstance(interconnect, MultiNode) else Topology.uniform(1, world_size))
+    return resolve(algorithm, topology).schedule
 
 
 def _comm_seconds(interconnect: Interconnect, schedule: RingSchedule, nbytes: float) -> float:
@@ -133,13 +109,17 @@ def _world_size(interconnect: Interconnect, world_size: int | None) -> int:
     return world_size
 
 
-def predict(interconnect: Interconnect, problem: Problem, algorithm: str, rates: ComputeRates | None = None,
-            world_size: int | None = None) -> Prediction:
-    """Predict ``algorithm``'s forward and backward timeline for ``problem`` on ``world_size`` ranks (default:
-    all GPUs of ``interconnect``) with kernel ``rates`` (default: the measured H100 numbers)."""
+def predict(interconnect: Interconnect, problem: Problem, algorithm: Algorithm | str,
+            rates: ComputeRates | None = None, world_size: int | None = None,
+            sharding: Sharding | str = Sharding.ZIGZAG) -> Prediction:
+    """Predict a concrete ``algorithm``'s forward and backward timeline for ``problem`` on ``world_size``
+    ranks (default: all GPUs of ``interconnect``) with kernel ``rates`` (default: the measured H100 numbers),
+    for inputs split by ``sharding``."""
     rates = rates or ComputeRates()
+    chosen = parse_choice(Algorithm, algorithm, "algorithm")
+    split = parse_choice(Sharding, sharding, "sharding")
     n = _world_size(interconnect, world_size)
-    schedule = _schedule(algorithm, interconnect, n)
+    schedule = _schedule(chosen, interconnect, n)
     block = problem.block_flops(n)
     kv = problem.kv_elements(n) * problem.dtype_bytes
     grads = problem.kv_elements(n) * problem.grad_bytes
@@ -147,11 +127,11 @@ def predict(interconnect: Interconnect, problem: Problem, algorithm: str, rates:
     overhead = rates.call_overhead_us * 1e-6
     fwd, bwd = [], []
     for s in range(n):
-        work = [_work(schedule, r, s, problem.causal, algorithm == "ring") for r in range(n)]
+        work = [step_work(schedule, r, s, problem.causal, split) for r in range(n)]
         fwd_compute = max(w * block / (rates.fwd_tflops * 1e12) + calls * overhead for w, calls in work)
         bwd_compute = max(w * block * rates.bwd_flop_ratio / (rates.bwd_tflops * 1e12) + calls * overhead
                           for w, calls in work)
         last = s == n - 1
         fwd.append(StepTime(fwd_compute, 0.0 if last else kv_only))
         bwd.append(StepTime(bwd_compute, (kv_only if s == 0 else grads_only if last else both)))
-    return Prediction(algorithm, n, schedule.num_cycles, tuple(fwd), tuple(bwd), grads_only)
+    return Prediction(chosen, split, n, schedule.num_cycles, tuple(fwd), tuple(bwd), grads_only)

@@ -1,8 +1,8 @@
-"""Layer 5: one executor for every ring schedule (ring, zigzag, Hamilton), forward and backward."""
+"""The one executor for every ring schedule (ring, zigzag, Hamilton), forward and backward, and its
+timing hook. The step plans it runs come from ``tasp_plugin.planning``."""
 
-from .blocks import LAYOUTS, Block, StepPlan, plan_step, sub_chunk_lengths
-from .executor import EngineConfig, RingAttentionFunction, run_backward, run_forward
-from .timing import StepHook, StepTimer
+from .executor import EngineConfig, RingAttentionFunction, kv_rows, run_backward, run_forward
+from .timing import PHASES, StepHook, StepTimer
 
-__all__ = ["LAYOUTS", "Block", "EngineConfig", "RingAttentionFunction", "StepHook", "StepPlan", "StepTimer", "plan_step",
-           "run_backward", "run_forward", "sub_chunk_lengths"]
+__all__ = ["PHASES", "EngineConfig", "RingAttentionFunction", "StepHook", "StepTimer", "kv_rows", "run_backward",
+           "run_forward"]

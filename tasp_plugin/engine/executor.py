@@ -7,47 +7,58 @@ hop after the final step brings each home.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-import torch.distributed as dist
 
-from ..comm import EmulatedGroup, RingExchange
+from ..comm import Communicator, Handle, RingExchange
 from ..kernels import BlockKernel, merge_into
+from ..planning import Sharding, StepPlan, parse_choice, step_plans, sub_chunk_lengths
 from ..schedules import RingSchedule
-from ..topology import CPGroups
-from .blocks import LAYOUTS, StepPlan, plan_step, sub_chunk_lengths
 from .timing import StepHook
 
-__all__ = ["RingAttentionFunction", "EngineConfig", "run_backward", "run_forward"]
+__all__ = ["EngineConfig", "RingAttentionFunction", "kv_rows", "run_backward", "run_forward"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EngineConfig:
-    """Everything the executor needs besides the tensors."""
+    """Everything the executor needs besides the tensors; build it with :meth:`create`."""
 
     schedule: RingSchedule
-    group: dist.ProcessGroup | EmulatedGroup | None
-    rank: int
+    comm: Communicator
     causal: bool
-    layout: str
+    sharding: Sharding
     scale: float
     kernel: BlockKernel
     hook: StepHook | None = None
-    links: CPGroups | None = None
 
-    def __post_init__(self) -> None:
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"unknown layout {self.layout!r}; choose one of {LAYOUTS}")
+    @classmethod
+    def create(cls, *, schedule: RingSchedule, comm: Communicator, kernel: BlockKernel, head_dim: int,
+               causal: bool = True, sharding: Sharding | str = Sharding.ZIGZAG, softmax_scale: float | None = None,
+               hook: StepHook | None = None) -> EngineConfig:
+        """The one way to build a config; ``softmax_scale`` defaults to ``head_dim ** -0.5``."""
+        if schedule.world_size != comm.size:
+            raise ValueError(f"the schedule is for {schedule.world_size} ranks but the group has {comm.size}")
+        scale = head_dim ** -0.5 if softmax_scale is None else float(softmax_scale)
+        return cls(schedule=schedule, comm=comm, causal=causal, sharding=parse_choice(Sharding, sharding, "sharding"),
+                   scale=scale, kernel=kernel, hook=hook)
 
-    def plan(self, step: int, lengths: list[int]) -> StepPlan:
-        """This rank's buffer layout and kernel calls at ``step``."""
-        return plan_step(self.schedule, self.rank, step, self.causal, self.layout, lengths)
+    @property
+    def rank(self) -> int:
+        """This rank in the CP group."""
+        return self.comm.rank
 
-    def mark(self, point: str, step: int) -> None:
+    def plans(self, seq: int) -> tuple[StepPlan, ...]:
+        """This rank's buffer arrangement and kernel calls for steps ``0 .. n`` (cached per shape)."""
+        lengths = tuple(sub_chunk_lengths(seq // 2, self.schedule.num_cycles))
+        return step_plans(self.schedule, self.rank, self.causal, self.sharding, lengths)
+
+    def mark(self, phase: str, point: str, step: int) -> None:
         """Forward a step mark to the timing hook, if any."""
         if self.hook is not None:
-            self.hook.mark(point, step)
+            self.hook.mark(phase, point, step)
 
 
 def _rows_to_bhsd(buf: torch.Tensor, keys: tuple[int, int], which: int) -> torch.Tensor:
@@ -60,35 +71,36 @@ def _pieces(buf: torch.Tensor, plan: StepPlan) -> list[list[torch.Tensor]]:
     return [[buf[a:b] for a, b in slot] for slot in plan.slots]
 
 
-def _rotate(cfg: EngineConfig, buf: torch.Tensor, lengths: list[int]):
+def _rotate(cfg: EngineConfig, buf: torch.Tensor, plans: tuple[StepPlan, ...],
+            phase: str) -> Iterator[tuple[int, StepPlan, torch.Tensor]]:
     """Yield ``(step, plan, buffer)`` for every step while the next step's chunks are in flight: posts the
     exchange before the caller computes and completes it after (overlap of comm and compute). Incoming
     pieces land where the next step's plan wants them, so its blocks are contiguous rows."""
-    exchange = RingExchange(cfg.schedule, cfg.group, cfg.rank, links=cfg.links)
+    exchange = RingExchange(cfg.schedule, cfg.comm)
     n = cfg.schedule.world_size
-    plan = cfg.plan(0, lengths)
     for step in range(n):
-        cfg.mark("start", step)
-        handles, incoming = [], None
+        cfg.mark(phase, "start", step)
+        handles: list[Handle] = []
+        incoming = None
         if step + 1 < n:
-            following = cfg.plan(step + 1, lengths)
             incoming = torch.empty_like(buf)
-            handles = exchange.start(_pieces(buf, plan), _pieces(incoming, following))
-        cfg.mark("posted", step)
-        yield step, plan, buf
-        cfg.mark("computed", step)
+            handles = exchange.start(_pieces(buf, plans[step]), _pieces(incoming, plans[step + 1]))
+        cfg.mark(phase, "posted", step)
+        yield step, plans[step], buf
+        cfg.mark(phase, "computed", step)
         if incoming is not None:
             exchange.wait(handles)
-            buf, plan = incoming, following
-            cfg.mark("received", step)
+            buf = incoming
+            cfg.mark(phase, "received", step)
 
 
 def _acc_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _kv_rows(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """K and V ``[B, H, S, D]`` as one row-major ``[S, 2, B, H, D]`` buffer (any row range is contiguous)."""
+def kv_rows(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """K and V ``[B, H, S, D]`` (any strides, e.g. a permuted view of the caller's layout) as one row-major
+    ``[S, 2, B, H, D]`` buffer (any row range is contiguous): the one copy K/V take."""
     return torch.stack([k, v]).permute(3, 0, 1, 2, 4).contiguous()
 
 
@@ -99,11 +111,14 @@ def _q_rows(part: str, seq: int) -> slice:
 def run_forward(cfg: EngineConfig, q: torch.Tensor, k: torch.Tensor,
                 v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward of one rank without autograd: ``(out, lse)`` in the accumulation dtype (fp32 or fp64)."""
+    return _forward(cfg, q, kv_rows(k, v))
+
+
+def _forward(cfg: EngineConfig, q: torch.Tensor, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     seq = q.shape[-2]
-    lengths = sub_chunk_lengths(seq // 2, cfg.schedule.num_cycles)
     out = torch.zeros(q.shape, dtype=_acc_dtype(q), device=q.device)
     lse = torch.full(q.shape[:-1], float("-inf"), dtype=_acc_dtype(q), device=q.device)
-    for _, plan, buf in _rotate(cfg, _kv_rows(k, v), lengths):
+    for _, plan, buf in _rotate(cfg, kv, cfg.plans(seq), "forward"):
         for block in plan.blocks:
             rows = _q_rows(block.q_part, seq)
             b_out, b_lse = cfg.kernel.forward(q[..., rows, :], _rows_to_bhsd(buf, block.keys, 0),
@@ -119,15 +134,22 @@ def run_backward(cfg: EngineConfig, dout: torch.Tensor, q: torch.Tensor, k: torc
     The dK/dV accumulators follow their chunks one hop per step; each hop overlaps the next step's kernel
     calls (their gradients are added once the accumulators have arrived), and a last hop brings them home.
     """
+    dq, dkv = _backward(cfg, dout, q, kv_rows(k, v), out, lse)
+    seq = q.shape[-2]
+    return dq, _rows_to_bhsd(dkv, (0, seq), 0).to(k.dtype), _rows_to_bhsd(dkv, (0, seq), 1).to(v.dtype)
+
+
+def _backward(cfg: EngineConfig, dout: torch.Tensor, q: torch.Tensor, kv: torch.Tensor, out: torch.Tensor,
+              lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(dq, dkv)``: dkv in the accumulation dtype and the ``[S, 2, B, H, D]`` row order of ``kv``."""
     seq = q.shape[-2]
     n = cfg.schedule.world_size
-    lengths = sub_chunk_lengths(seq // 2, cfg.schedule.num_cycles)
+    plans = cfg.plans(seq)
     dq = torch.zeros(q.shape, dtype=_acc_dtype(q), device=q.device)
-    kv = _kv_rows(k, v)
     acc = torch.zeros(kv.shape, dtype=_acc_dtype(q), device=q.device)
-    acc_exchange = RingExchange(cfg.schedule, cfg.group, cfg.rank, links=cfg.links)
-    in_flight: list = []
-    for step, plan, buf in _rotate(cfg, kv, lengths):
+    acc_exchange = RingExchange(cfg.schedule, cfg.comm)
+    in_flight: list[Handle] = []
+    for step, plan, buf in _rotate(cfg, kv, plans, "backward"):
         grads = []
         for block in plan.blocks:
             rows = _q_rows(block.q_part, seq)
@@ -142,26 +164,33 @@ def run_backward(cfg: EngineConfig, dout: torch.Tensor, q: torch.Tensor, k: torc
             _rows_to_bhsd(acc, keys, 1).add_(g_v)
         if n > 1:
             arriving = torch.empty_like(acc)
-            in_flight = acc_exchange.start(_pieces(acc, plan), _pieces(arriving, cfg.plan(step + 1, lengths)))
+            in_flight = acc_exchange.start(_pieces(acc, plan), _pieces(arriving, plans[step + 1]))
             acc = arriving
     acc_exchange.wait(in_flight)
-    return dq.to(q.dtype), _rows_to_bhsd(acc, (0, seq), 0).to(k.dtype), _rows_to_bhsd(acc, (0, seq), 1).to(v.dtype)
+    return dq.to(q.dtype), acc
 
 
 class RingAttentionFunction(torch.autograd.Function):
-    """``apply(q, k, v, cfg) -> (out, lse)``; gradients flow to q, k, v (LSE is not differentiable)."""
+    """``apply(q, k, v, cfg) -> (out, lse)``; gradients flow to q, k, v (LSE is not differentiable).
+    q is ``[B, H, S, D]``; k/v may be any-strided ``[B, H, S, D]`` views (they are copied once, into the
+    row buffer that travels and is saved for the backward)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, cfg: EngineConfig):
-        out, lse = run_forward(cfg, q, k, v)
+    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                cfg: EngineConfig) -> tuple[torch.Tensor, torch.Tensor]:
+        kv = kv_rows(k, v)
+        out, lse = _forward(cfg, q, kv)
         out = out.to(q.dtype)
         ctx.cfg = cfg
-        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.kv_dtype = k.dtype
+        ctx.save_for_backward(q, kv, out, lse)
         ctx.mark_non_differentiable(lse)
         return out, lse
 
     @staticmethod
-    def backward(ctx, dout, _dlse):
-        q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = run_backward(ctx.cfg, dout.contiguous(), q, k, v, out, lse)
+    def backward(ctx: Any, dout: torch.Tensor, _dlse: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        q, kv, out, lse = ctx.saved_tensors
+        dq, dkv = _backward(ctx.cfg, dout.contiguous(), q, kv, out, lse)
+        seq = q.shape[-2]
+        dk, dv = (_rows_to_bhsd(dkv, (0, seq), i).to(ctx.kv_dtype) for i in (0, 1))
         return dq, dk, dv, None

@@ -1,5 +1,6 @@
-"""The optional per-step timing hook: the executor marks points of each step, a hook turns them into
-communication and compute times. CPU: wall clock; CUDA: events on the current stream."""
+"""The optional per-step timing hook: the executor marks points of each step of each phase (forward,
+backward), a hook turns them into communication and compute times. CPU: wall clock; CUDA: events on the
+current stream."""
 
 from __future__ import annotations
 
@@ -8,13 +9,17 @@ from typing import Protocol
 
 import torch
 
-__all__ = ["StepHook", "StepTimer"]
+__all__ = ["PHASES", "StepHook", "StepTimer"]
+
+PHASES = ("forward", "backward")
+Mark = tuple[str, str, int]  # (phase, point, step)
 
 
 class StepHook(Protocol):
-    """Receives ``mark(point, step)`` for point in ("start", "posted", "computed", "received")."""
+    """Receives ``mark(phase, point, step)`` for phase in ``PHASES`` and point in ("start", "posted",
+    "computed", "received")."""
 
-    def mark(self, point: str, step: int) -> None: ...
+    def mark(self, phase: str, point: str, step: int) -> None: ...
 
 
 class StepTimer:
@@ -26,31 +31,37 @@ class StepTimer:
 
     def __init__(self, device: torch.device | str = "cpu") -> None:
         self.cuda = torch.device(device).type == "cuda"
-        self.marks: dict[tuple[str, int], object] = {}
+        self.marks: dict[Mark, torch.cuda.Event | float] = {}
 
-    def mark(self, point: str, step: int) -> None:
+    def mark(self, phase: str, point: str, step: int) -> None:
+        """Record ``point`` of ``step`` in ``phase`` now."""
         if self.cuda:
             event = torch.cuda.Event(enable_timing=True)
             event.record()
-            self.marks[(point, step)] = event
+            self.marks[(phase, point, step)] = event
         else:
-            self.marks[(point, step)] = time.perf_counter()
+            self.marks[(phase, point, step)] = time.perf_counter()
 
-    def _ms(self, a: tuple[str, int], b: tuple[str, int]) -> float:
+    def _ms(self, a: Mark, b: Mark) -> float:
         if a not in self.marks or b not in self.marks:
             return 0.0
-        if self.cuda:
-            self.marks[b].synchronize()
-            return float(self.marks[a].elapsed_time(self.marks[b]))
-        return (self.marks[b] - self.marks[a]) * 1e3
+        start, end = self.marks[a], self.marks[b]
+        if isinstance(start, torch.cuda.Event) and isinstance(end, torch.cuda.Event):
+            end.synchronize()
+            return float(start.elapsed_time(end))
+        assert isinstance(start, float) and isinstance(end, float)
+        return (end - start) * 1e3
 
-    def summary(self) -> dict[str, float]:
-        """``{'total_time', 'comm_total_time', 'comp_total_time'}`` in milliseconds."""
-        steps = sorted({s for _, s in self.marks})
+    def summary(self, phase: str = "forward") -> dict[str, float]:
+        """``{'total_time', 'comm_total_time', 'comp_total_time'}`` of ``phase`` in milliseconds."""
+        if phase not in PHASES:
+            raise ValueError(f"unknown phase {phase!r}; choose one of {PHASES}")
+        steps = sorted({s for p, _, s in self.marks if p == phase})
         if not steps:
             return {"total_time": 0.0, "comm_total_time": 0.0, "comp_total_time": 0.0}
-        comm = sum(self._ms(("posted", s), ("received", s)) for s in steps)
-        comp = sum(self._ms(("posted", s), ("computed", s)) for s in steps)
+        comm = sum(self._ms((phase, "posted", s), (phase, "received", s)) for s in steps)
+        comp = sum(self._ms((phase, "posted", s), (phase, "computed", s)) for s in steps)
         last = max(steps)
-        end = ("received", last) if ("received", last) in self.marks else ("computed", last)
-        return {"total_time": self._ms(("start", steps[0]), end), "comm_total_time": comm, "comp_total_time": comp}
+        end = (phase, "received", last) if (phase, "received", last) in self.marks else (phase, "computed", last)
+        return {"total_time": self._ms((phase, "start", steps[0]), end), "comm_total_time": comm,
+                "comp_total_time": comp}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from ..api import context_parallel_attention
-from ..layout import shard_sequence
+from ..sharding import shard_sequence
 from .attention import installed_context_parallel
 
 __all__ = ["ATTN_IMPLEMENTATION", "register_tasp_attention", "shard_causal_lm_batch", "tasp_attention_forward"]

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from .base import BlockKernel
+from .base import BlockKernel, expand_kv_heads
 from .cpu_flash import CpuFlashKernel
 from .cuda_sdpa import CudnnKernel, TorchEfficientKernel, TorchFlashKernel
 from .math_kernel import MathKernel
 from .merge import merge_into, update_out_and_lse
 
-__all__ = ["BlockKernel", "CpuFlashKernel", "CudnnKernel", "MathKernel", "TorchEfficientKernel", "TorchFlashKernel",
+__all__ = ["BlockKernel", "expand_kv_heads", "CpuFlashKernel", "CudnnKernel", "MathKernel", "TorchEfficientKernel", "TorchFlashKernel",
            "auto_cuda_backend", "get_kernel", "merge_into", "update_out_and_lse", "BACKENDS"]
 
 BACKENDS = ("auto", "cpu", "cudnn", "torch_flash", "torch_efficient", "math")

@@ -13,17 +13,6 @@ from .decomposition import (
 )
 from .multinode import is_rail_aligned, multinode_cycles, multinode_links
 from .ring_schedule import RingSchedule
-from .seed_helpers import (
-    calculate_in_mapping_circle,
-    calculate_inter_node_mapping,
-    calculate_intra_node_in_mapping_two_nodes,
-    calculate_intra_node_out_mapping_two_nodes,
-    calculate_out_mapping_circle,
-    calculate_source_rank_per_iter,
-    gen_hamilton_circle,
-    gen_hamilton_circle_two_nodes,
-    gen_hamilton_path_local,
-)
 from .validation import ScheduleError, validate_cycles, validate_paths
 
 __all__ = [
@@ -31,15 +20,6 @@ __all__ = [
     "NoPathDecomposition",
     "RingSchedule",
     "ScheduleError",
-    "calculate_in_mapping_circle",
-    "calculate_inter_node_mapping",
-    "calculate_intra_node_in_mapping_two_nodes",
-    "calculate_intra_node_out_mapping_two_nodes",
-    "calculate_out_mapping_circle",
-    "calculate_source_rank_per_iter",
-    "gen_hamilton_circle",
-    "gen_hamilton_circle_two_nodes",
-    "gen_hamilton_path_local",
     "hamiltonian_decomposition",
     "hamiltonian_path_decomposition",
     "is_rail_aligned",

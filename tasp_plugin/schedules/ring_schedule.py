@@ -17,8 +17,9 @@ class RingSchedule:
     """``c`` directed cycles over ``world_size`` ranks; chunk ``j`` of every rank travels on cycle ``j``.
 
     After ``world_size - 1`` hops every rank has held chunk ``j`` of every other rank, for every ``j``.
-    ``kind`` is ``"ring"``, ``"hamilton"``, ``"multinode"`` or ``"custom"``; ``nodes`` and
-    ``gpus_per_node`` describe the layout a multi-node schedule was built for, ``node_ids`` (if set) the
+    ``kind`` is ``"ring"``, ``"hamilton_flat"``, ``"hamilton_multinode"`` (the ``Algorithm`` words of the
+    schedules they are) or ``"custom"``; ``nodes`` and
+    ``gpus_per_node`` describe the nodes a multi-node schedule was built for, ``node_ids`` (if set) the
     node of each rank where ranks of a node are not numbered consecutively.
     """
 
@@ -62,13 +63,14 @@ class RingSchedule:
     @classmethod
     def hamilton(cls, n: int) -> RingSchedule:
         """The n-1 cycles of a Hamiltonian decomposition of K*_n (every step is one all-to-all)."""
-        return cls(n, tuple(tuple(c) for c in hamiltonian_decomposition(n)), "hamilton")
+        return cls(n, tuple(tuple(c) for c in hamiltonian_decomposition(n)), "hamilton_flat")
 
     @classmethod
     def multinode(cls, nodes: int, gpus_per_node: int) -> RingSchedule:
         """The (m-K_m-m)^u cycles: m-1 chunks over NVLink and one over the NIC per GPU and step."""
         cycles = multinode_cycles(nodes, gpus_per_node)
-        return cls(nodes * gpus_per_node, tuple(tuple(c) for c in cycles), "multinode", nodes, gpus_per_node)
+        return cls(nodes * gpus_per_node, tuple(tuple(c) for c in cycles), "hamilton_multinode", nodes,
+                   gpus_per_node)
 
     # routing ------------------------------------------------------------------------------------
     @property
@@ -101,7 +103,7 @@ class RingSchedule:
         return [(c, self.successor(rank, c), self.predecessor(rank, c)) for c in range(self.num_cycles)]
 
     def node_of(self, rank: int) -> int:
-        """Node index of ``rank`` in the layout the schedule was built for."""
+        """Node index of ``rank`` among the nodes the schedule was built for."""
         return self.node_ids[rank] if self.node_ids else rank // self.gpus_per_node
 
     def relabeled(self, ranks: Sequence[int]) -> RingSchedule:

@@ -1,5 +1,5 @@
 """Which ranks share a node: from an explicit override, the ``TASP_TOPOLOGY`` environment variable (the
-layout of the whole job, e.g. ``2x4``, so that CPU processes on one machine can act as several nodes), or
+topology of the whole job, e.g. ``2x4``, so that CPU processes on one machine can act as several nodes), or
 the launcher (hostnames gathered over the group; ``LOCAL_WORLD_SIZE`` where all hosts share one name)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import socket
 
 import torch.distributed as dist
 
-from .model import Topology
+from ..planning import Topology
 
 __all__ = ["TOPOLOGY_ENV", "detect_topology", "resolve_topology", "world_topology"]
 
@@ -42,7 +42,7 @@ def resolve_topology(override: Topology | str | None, world_size: int) -> Topolo
 
 
 def world_topology(override: Topology | str | None = None) -> Topology:
-    """The layout of the whole job (global ranks). Collective over the default group unless ``override``
+    """The topology of the whole job (global ranks). Collective over the default group unless ``override``
     or ``$TASP_TOPOLOGY`` gives it."""
     spec = override if override is not None else os.environ.get(TOPOLOGY_ENV) or None
     if spec is not None:
@@ -54,7 +54,7 @@ def world_topology(override: Topology | str | None = None) -> Topology:
 
 
 def detect_topology(group: dist.ProcessGroup | None = None, override: Topology | str | None = None) -> Topology:
-    """The CP group's topology in group ranks: ``override`` (for this group), else the job layout of
+    """The CP group's topology in group ranks: ``override`` (for this group), else the job topology of
     ``$TASP_TOPOLOGY`` restricted to the group, else host names gathered over the group (collective the
     first time, then cached per group)."""
     n = dist.get_world_size(group)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch.distributed as dist
 
 from .detect import world_topology
-from .model import Topology
+from ..planning import Topology
 
 __all__ = ["CPGroups", "ORDERS", "build_cp_groups", "build_subgroups", "cp_rank_lists", "subgroup_rank_lists"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..layout import shard_sequence
+from ..sharding import shard_sequence
 
 __all__ = ["shard_batch_for_cp"]
 

@@ -7,9 +7,8 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from ...api import ALGORITHMS
 from ...kernels import BACKENDS
-from ...topology import Topology
+from ...planning import Algorithm, Topology
 
 __all__ = ["SECTION", "ContextParallelConfig", "parse_config"]
 
@@ -19,7 +18,7 @@ SECTION = "context_parallel"
 @dataclass(frozen=True)
 class ContextParallelConfig:
     """What the ``"context_parallel"`` section asks for: CP group size, algorithm, kernel backend and
-    (optionally) the job's node layout."""
+    (optionally) the job's topology."""
 
     size: int = 1
     algorithm: str = "hamilton"
@@ -28,9 +27,9 @@ class ContextParallelConfig:
 
 
 _KEYS = {"size": "CP group size (ranks per group; must divide the world size)",
-         "algorithm": f"one of {ALGORITHMS}",
+         "algorithm": f"one of {list(Algorithm.values())}",
          "backend": f"one of {BACKENDS}",
-         "topology": "the job's node layout such as \"2x4\" (default: $TASP_TOPOLOGY or the launcher)"}
+         "topology": "the job's topology such as \"2x4\" (default: $TASP_TOPOLOGY or the launcher)"}
 
 
 def _check_section(section: Any) -> ContextParallelConfig:
@@ -45,8 +44,8 @@ def _check_section(section: Any) -> ContextParallelConfig:
     cfg = ContextParallelConfig(**section)
     if isinstance(cfg.size, bool) or not isinstance(cfg.size, int) or cfg.size < 1:
         raise ValueError(f'"{SECTION}.size" must be a positive integer, got {cfg.size!r}')
-    if cfg.algorithm not in ALGORITHMS:
-        raise ValueError(f'"{SECTION}.algorithm" must be one of {ALGORITHMS}, got {cfg.algorithm!r}')
+    if cfg.algorithm not in Algorithm.values():
+        raise ValueError(f'"{SECTION}.algorithm" must be one of {list(Algorithm.values())}, got {cfg.algorithm!r}')
     if cfg.backend not in BACKENDS:
         raise ValueError(f'"{SECTION}.backend" must be one of {BACKENDS}, got {cfg.backend!r}')
     if cfg.topology is not None:

@@ -20,17 +20,18 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.utils import is_layer_window_attention
 
 from ...api import context_parallel_attention
+from ...planning import Algorithm
 from .groups import tasp_groups_for
 
 __all__ = ["CP_COMM_TYPES", "TASPCoreAttention", "resolve_cp_comm_type"]
 
-# cp_comm_type value -> engine algorithm. "p2p" is Transformer Engine's name for the ring on zigzag
-# shards, which is what "zigzag" computes, so TE users' default keeps working.
-CP_COMM_TYPES = {"hamilton": "hamilton", "ring": "ring", "zigzag": "zigzag", "auto": "auto", "p2p": "zigzag"}
+# cp_comm_type value -> algorithm: every algorithm under its own name, and "p2p", Transformer Engine's name
+# for the ring on zigzag shards (what "zigzag" computes), so TE users' default keeps working.
+CP_COMM_TYPES: dict[str, Algorithm] = {**{a.value: a for a in Algorithm}, "p2p": Algorithm.ZIGZAG}
 _CAUSAL = (AttnMaskType.causal, AttnMaskType.causal_bottom_right)
 
 
-def resolve_cp_comm_type(cp_comm_type: str | list[str] | None, layer_number: int) -> str:
+def resolve_cp_comm_type(cp_comm_type: str | list[str] | None, layer_number: int) -> Algorithm:
     """The engine algorithm for one layer (1-based ``layer_number``) from a ``cp_comm_type`` value:
     a string, a per-layer list, or None (``"auto"``)."""
     if isinstance(cp_comm_type, (list, tuple)):
@@ -39,7 +40,7 @@ def resolve_cp_comm_type(cp_comm_type: str | list[str] | None, layer_number: int
                              "give one entry per transformer layer")
         cp_comm_type = cp_comm_type[layer_number - 1]
     if cp_comm_type is None:
-        return "auto"
+        return Algorithm.AUTO
     if not isinstance(cp_comm_type, str) or cp_comm_type.lower() not in CP_COMM_TYPES:
         raise ValueError(f"cp_comm_type {cp_comm_type!r} is not supported by TASPCoreAttention; use one of "
                          f"{sorted(CP_COMM_TYPES)} (Megatron's 'a2a' and 'all_gather' need Transformer Engine)")

@@ -3,7 +3,7 @@
 Megatron-core 0.16's ``RotaryEmbedding`` moves its frequencies to ``torch.cuda.current_device()`` on first
 use and selects the CP rank's positions with a pinned ``.cuda()`` index, so a GPTModel with RoPE cannot run
 forward without a GPU. ``make_rotary_cpu_safe`` swaps those modules for a subclass that builds the same
-table on the frequencies' own device and takes the zigzag shard with ``tasp_plugin.layout``.
+table on the frequencies' own device and takes the zigzag shard with ``tasp_plugin.sharding``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
 
-from ...layout import shard_sequence
+from ...sharding import shard_sequence
 
 __all__ = ["CPUSafeRotaryEmbedding", "make_rotary_cpu_safe"]
 

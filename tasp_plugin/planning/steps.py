@@ -1,8 +1,8 @@
-"""Where each step's keys/values lie and which block attentions it computes: the causal rule of
-DESIGN.md section 2 as data.
+"""Where each step's keys/values lie and which block attentions it computes: the causal rule as data
+(docs/DESIGN.md, "One step"). The engine runs these plans and the cost model counts its work from them.
 
-Local rows are ``[front half | back half]`` (zigzag: blocks ``r`` and ``2n-1-r``; contiguous: block ``r``
-split in two). Each half is cut into ``c`` sub-chunks (``c`` = cycles, possibly unequal); K/V chunk ``j``
+Local rows are ``[front half | back half]`` (zigzag sharding: blocks ``r`` and ``2n-1-r``; contiguous: block
+``r`` split in two). Each half is cut into ``c`` sub-chunks (``c`` = cycles, possibly unequal); K/V chunk ``j``
 is (front piece ``j``, back piece ``j``) and travels on cycle ``j``. At every step the receiver places the
 pieces in one buffer in an order chosen so that every block's keys are one contiguous row range: no
 per-step concatenation. Step 0 (and "home", step ``n``) is the local row order itself.
@@ -10,15 +10,16 @@ per-step concatenation. Step 0 (and "home", step ``n``) is the local row order i
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from ..schedules import RingSchedule
+from .vocabulary import Sharding
 
-__all__ = ["Block", "StepPlan", "plan_step", "sub_chunk_lengths", "LAYOUTS"]
-
-LAYOUTS = ("zigzag", "contiguous")
+__all__ = ["Block", "StepPlan", "plan_step", "step_plans", "step_work", "sub_chunk_lengths"]
 
 Piece = tuple[int, str]  # (chunk, "front" | "back")
+Span = tuple[str, int, int, bool]  # (q_part, first piece, end piece, causal)
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class Block:
 
 @dataclass(frozen=True)
 class StepPlan:
-    """A step's buffer layout (per chunk: front and back row ranges) and its kernel calls."""
+    """A step's buffer arrangement (per chunk: front and back row ranges) and its kernel calls."""
 
     slots: tuple[tuple[tuple[int, int], tuple[int, int]], ...]
     blocks: tuple[Block, ...]
@@ -45,7 +46,8 @@ def sub_chunk_lengths(half: int, c: int) -> list[int]:
     return [bounds[i + 1] - bounds[i] for i in range(c)]
 
 
-def _layout(step: int, schedule: RingSchedule, rank: int, causal: bool, layout: str, c: int):
+def _arrangement(step: int, schedule: RingSchedule, rank: int, causal: bool, sharding: Sharding,
+                 c: int) -> tuple[list[Piece], list[Span]]:
     """The buffer's piece order and the blocks as ``(q_part, first piece, end piece, causal)``."""
     fronts = [(j, "front") for j in range(c)]
     backs = [(j, "back") for j in range(c)]
@@ -53,7 +55,7 @@ def _layout(step: int, schedule: RingSchedule, rank: int, causal: bool, layout: 
     if step % schedule.world_size == 0:
         if not causal:
             return local_order, [("all", 0, 2 * c, False)]
-        # the local rows are two ordered halves of increasing position (both layouts)
+        # the local rows are two ordered halves of increasing position (both shardings)
         return local_order, [("front", 0, c, True), ("back", 0, c, False), ("back", c, 2 * c, True)]
     if not causal:
         return local_order, [("all", 0, 2 * c, False)]
@@ -61,7 +63,7 @@ def _layout(step: int, schedule: RingSchedule, rank: int, causal: bool, layout: 
     earlier = [j for j in range(c) if sources[j] < rank]
     later = [j for j in range(c) if sources[j] > rank]
     e = len(earlier)
-    if layout == "contiguous":
+    if sharding is Sharding.CONTIGUOUS:
         order = [(j, p) for j in earlier + later for p in ("front", "back")]
         return order, [("all", 0, 2 * e, False)]
     # zigzag: [fronts of earlier | fronts of later, backs of later | backs of earlier]
@@ -70,12 +72,13 @@ def _layout(step: int, schedule: RingSchedule, rank: int, causal: bool, layout: 
     return order, [("all", 0, e, False), ("back", e, e + 2 * len(later), False)]
 
 
-def plan_step(schedule: RingSchedule, rank: int, step: int, causal: bool, layout: str,
-              lengths: list[int]) -> StepPlan:
-    """Layout and blocks of ``rank`` at ``step`` (``step == n`` is home), for sub-chunk ``lengths``."""
+def plan_step(schedule: RingSchedule, rank: int, step: int, causal: bool, sharding: Sharding | str,
+              lengths: list[int] | tuple[int, ...]) -> StepPlan:
+    """Buffer arrangement and blocks of ``rank`` at ``step`` (``step == n`` is home), for sub-chunk ``lengths``."""
     c = schedule.num_cycles
-    order, spans = _layout(step, schedule, rank, causal, layout, c)
-    starts, offset = [], 0
+    order, spans = _arrangement(step, schedule, rank, causal, Sharding(sharding), c)
+    starts: list[int] = []
+    offset = 0
     for j, _ in order:
         starts.append(offset)
         offset += lengths[j]
@@ -85,3 +88,23 @@ def plan_step(schedule: RingSchedule, rank: int, step: int, causal: bool, layout
     blocks = tuple(Block(q, (bounds[a], bounds[b]), causal_block) for q, a, b, causal_block in spans
                    if bounds[b] > bounds[a])
     return StepPlan(slots, blocks)
+
+
+@functools.lru_cache(maxsize=256)
+def step_plans(schedule: RingSchedule, rank: int, causal: bool, sharding: Sharding,
+               lengths: tuple[int, ...]) -> tuple[StepPlan, ...]:
+    """``rank``'s plans for steps ``0 .. n`` (``n``: home, where the backward's accumulators end), computed
+    once per call shape and shared by the forward and the backward."""
+    return tuple(plan_step(schedule, rank, s, causal, sharding, lengths) for s in range(schedule.world_size + 1))
+
+
+def step_work(schedule: RingSchedule, rank: int, step: int, causal: bool,
+              sharding: Sharding | str) -> tuple[float, int]:
+    """``(work, calls)`` of ``rank`` at ``step``: its blocks' attention work as a fraction of one
+    unmasked local x local block (a causal diagonal block counts half), and the number of kernel calls.
+    Counted on sub-chunks of one row each, so the fractions are exact."""
+    c = schedule.num_cycles
+    plan = plan_step(schedule, rank, step, causal, sharding, (1,) * c)
+    rows = {"all": 2 * c, "front": c, "back": c}
+    work = sum(rows[b.q_part] * (b.keys[1] - b.keys[0]) * (0.5 if b.causal else 1.0) for b in plan.blocks)
+    return work / (2 * c) ** 2, len(plan.blocks)

@@ -1,4 +1,4 @@
-"""The zigzag sequence layout (identical to Megatron's ``get_batch_on_this_cp_rank``): the global
+"""Zigzag sharding of the sequence (identical to Megatron's ``get_batch_on_this_cp_rank``): the global
 sequence is cut into ``2n`` blocks and rank ``r`` holds blocks ``r`` and ``2n-1-r``, in that order."""
 
 from __future__ import annotations

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .decomposition import hamiltonian_decomposition, hamiltonian_path_decomposition
-from .multinode import multinode_cycles
-from .ring_schedule import RingSchedule
+from ..schedules import RingSchedule, hamiltonian_decomposition, hamiltonian_path_decomposition, multinode_cycles
 
 __all__ = [
     "gen_hamilton_circle",

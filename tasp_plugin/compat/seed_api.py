@@ -13,20 +13,21 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 
-from .engine import EngineConfig, RingAttentionFunction, StepTimer
-from .kernels import get_kernel, update_out_and_lse
-from .plan import schedule_for
-from .schedules import (
-    RingSchedule,
+from ..comm import ProcessGroupCommunicator
+from ..engine import EngineConfig, RingAttentionFunction, StepTimer
+from ..kernels import get_kernel, update_out_and_lse
+from ..planning import Sharding, Topology, resolve
+from ..schedules import RingSchedule
+from ..topology import detect_topology
+from .seed_helpers import (
     calculate_in_mapping_circle,
-    calculate_out_mapping_circle,
     calculate_inter_node_mapping,
     calculate_intra_node_in_mapping_two_nodes,
     calculate_intra_node_out_mapping_two_nodes,
+    calculate_out_mapping_circle,
     calculate_source_rank_per_iter,
     gen_hamilton_path_local,
 )
-from .topology import Topology, detect_topology
 
 __all__ = [
     "RingComm",
@@ -138,29 +139,26 @@ def _unsupported(dropout_p: float, window_size=(-1, -1), alibi_slopes=None) -> N
         raise ValueError("alibi_slopes is not supported")
 
 
-def _run(process_group, q, k, v, schedule: RingSchedule, causal: bool, layout: str, softmax_scale, seq_dim: int,
-         timer: StepTimer | None):
+def _run(process_group, q, k, v, schedule: RingSchedule, causal: bool, sharding: Sharding, softmax_scale,
+         seq_dim: int, timer: StepTimer | None):
     """q/k/v in ``[B, S, H, D]`` (seq_dim 1) or ``[B, H, S, D]`` (seq_dim 2) -> (out, lse[, timings])."""
     to_bhsd = (lambda t: t.transpose(1, 2)) if seq_dim == 1 else (lambda t: t)
-    qh, kh, vh = (to_bhsd(t).contiguous() for t in (q, k, v))
+    qh, kh, vh = to_bhsd(q).contiguous(), to_bhsd(k), to_bhsd(v)
     if kh.shape != vh.shape or qh.shape[2] != kh.shape[2] or qh.shape[2] % 2:
         raise ValueError(f"q, k and v must have the same even local sequence length (and k, v one shape), got "
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    if schedule.world_size != dist.get_world_size(process_group):
-        raise ValueError(f"schedule is for {schedule.world_size} ranks, the group has "
-                         f"{dist.get_world_size(process_group)}")
-    scale = softmax_scale if softmax_scale is not None else qh.shape[-1] ** -0.5
-    cfg = EngineConfig(schedule, process_group, dist.get_rank(process_group), causal, layout, scale,
-                       get_kernel("auto", qh.device, qh.dtype, qh.shape[-1]), timer)
+    cfg = EngineConfig.create(schedule=schedule, comm=ProcessGroupCommunicator(process_group),
+                              kernel=get_kernel("auto", qh.device, qh.dtype, qh.shape[-1]), head_dim=qh.shape[-1],
+                              causal=causal, sharding=sharding, softmax_scale=softmax_scale, hook=timer)
     out, lse = RingAttentionFunction.apply(qh, kh, vh, cfg)
     return to_bhsd(out), lse
 
 
-def _ring(process_group, q, k, v, softmax_scale, dropout_p, causal, window_size, alibi_slopes, layout, profile):
+def _ring(process_group, q, k, v, softmax_scale, dropout_p, causal, window_size, alibi_slopes, sharding, profile):
     _unsupported(dropout_p, window_size, alibi_slopes)
     n = dist.get_world_size(process_group)
     timer = StepTimer(q.device) if profile else None
-    out, lse = _run(process_group, q, k, v, RingSchedule.ring(n), causal, layout, softmax_scale, 1, timer)
+    out, lse = _run(process_group, q, k, v, RingSchedule.ring(n), causal, sharding, softmax_scale, 1, timer)
     return (out, lse, timer.summary()) if profile else (out, lse)
 
 
@@ -168,7 +166,7 @@ def ring_attention_forward_flash_attn(process_group, q, k, v, softmax_scale, dro
                                       window_size=(-1, -1), alibi_slopes=None, deterministic=False):
     """Ring attention on contiguous shards ``[B, S_local, H, D]`` (rank r holds block r)."""
     return _ring(process_group, q, k, v, softmax_scale, dropout_p, causal, window_size, alibi_slopes,
-                 "contiguous", False)
+                 Sharding.CONTIGUOUS, False)
 
 
 def ring_attention_forward_flash_attn_profile(process_group, q, k, v, softmax_scale, dropout_p=0, world_size=8,
@@ -176,14 +174,14 @@ def ring_attention_forward_flash_attn_profile(process_group, q, k, v, softmax_sc
                                               deterministic=False):
     """:func:`ring_attention_forward_flash_attn` plus per-call timings."""
     return _ring(process_group, q, k, v, softmax_scale, dropout_p, causal, window_size, alibi_slopes,
-                 "contiguous", True)
+                 Sharding.CONTIGUOUS, True)
 
 
 def zigzag_ring_attention_forward_flash_attn(process_group, q, k, v, softmax_scale, dropout_p=0, causal=True,
                                              window_size=(-1, -1), alibi_slopes=None, deterministic=False):
     """Zigzag ring attention on zigzag shards ``[B, S_local, H, D]`` (blocks r and 2n-1-r)."""
     return _ring(process_group, q, k, v, softmax_scale, dropout_p, causal, window_size, alibi_slopes,
-                 "zigzag", False)
+                 Sharding.ZIGZAG, False)
 
 
 def zigzag_ring_attention_forward_flash_attn_profile(process_group, q, k, v, softmax_scale, dropout_p=0,
@@ -191,12 +189,12 @@ def zigzag_ring_attention_forward_flash_attn_profile(process_group, q, k, v, sof
                                                      deterministic=False):
     """:func:`zigzag_ring_attention_forward_flash_attn` plus per-call timings."""
     return _ring(process_group, q, k, v, softmax_scale, dropout_p, causal, window_size, alibi_slopes,
-                 "zigzag", True)
+                 Sharding.ZIGZAG, True)
 
 
 def _flat_or_ring(n: int) -> RingSchedule:
     """The flat K_n schedule (zigzag ring for n = 4, 6, where none exists), whatever the topology."""
-    return schedule_for("hamilton", Topology.uniform(1, n)).schedule
+    return resolve("hamilton", Topology.uniform(1, n)).schedule
 
 
 def _hamilton_schedule(process_group, world_size: int, looping, out_mapping, in_mapping,
@@ -204,7 +202,7 @@ def _hamilton_schedule(process_group, world_size: int, looping, out_mapping, in_
     n = dist.get_world_size(process_group)
     if world_size != n:
         raise ValueError(f"world_size={world_size} but the process group has {n} ranks")
-    schedule = RingSchedule.from_cycles(looping, "hamilton") if looping is not None else _flat_or_ring(n)
+    schedule = RingSchedule.from_cycles(looping, "hamilton_flat") if looping is not None else _flat_or_ring(n)
     if out_mapping is not None and [list(r) for r in out_mapping] != calculate_out_mapping_circle(schedule.cycles):
         raise ValueError("out_mapping does not match looping (it must be calculate_out_mapping_circle(looping))")
     if in_mapping is not None and [list(r) for r in in_mapping] != calculate_in_mapping_circle(schedule.cycles):
@@ -237,7 +235,7 @@ def _hamilton(process_group, q, k, v, softmax_scale0, dropout_p, world_size, loo
     schedule = _hamilton_schedule(process_group, world_size, looping, out_mapping, in_mapping, source_rank_per_iter)
     kk, vv = _join_chunks(k, seq_dim, causal), _join_chunks(v, seq_dim, causal)
     timer = StepTimer(q.device) if profile else None
-    out, lse = _run(process_group, q, kk, vv, schedule, causal, "zigzag", softmax_scale0, seq_dim, timer)
+    out, lse = _run(process_group, q, kk, vv, schedule, causal, Sharding.ZIGZAG, softmax_scale0, seq_dim, timer)
     return (out, lse, timer.summary()) if profile else (out, lse)
 
 
@@ -278,7 +276,7 @@ def _two_nodes(process_group, q, k, v, softmax_scale0, dropout_p, inter_in_mappi
     _unsupported(dropout_p)
     seq_dim = _seq_dim(layout)
     topology = detect_topology(process_group)
-    schedule = schedule_for("hamilton_multinode", topology).schedule
+    schedule = resolve("hamilton_multinode", topology).schedule
     path0 = gen_hamilton_path_local(topology.gpus_per_node)
     if schedule.node_ids and (inter_in_mapping is not None or inter_out_mapping is not None):
         raise ValueError("inter_in_mapping / inter_out_mapping describe nodes of consecutive ranks; this group's "
@@ -294,7 +292,7 @@ def _two_nodes(process_group, q, k, v, softmax_scale0, dropout_p, inter_in_mappi
                              f"(leave it None, or pass the value the seed helpers compute)")
     kk, vv = _join_chunks(k, seq_dim, False), _join_chunks(v, seq_dim, False)
     timer = StepTimer(q.device) if profile else None
-    out, lse = _run(process_group, q, kk, vv, schedule, False, "zigzag", softmax_scale0, seq_dim, timer)
+    out, lse = _run(process_group, q, kk, vv, schedule, False, Sharding.ZIGZAG, softmax_scale0, seq_dim, timer)
     return (out, lse, timer.summary()) if profile else (out, lse)
 
 
@@ -302,7 +300,7 @@ def hamilton_attention_forward_full_flash_attn_two_nodes(process_group, q, k, v,
                                                          inter_in_mapping=None, inter_out_mapping=None,
                                                          out_mapping=None, in_mapping=None, layout="BSND"):
     """Non-causal multi-node Hamilton attention ((m-K_m-m)^u cycles, any node count >= 2); the node
-    layout comes from ``$TASP_TOPOLOGY`` or the launcher. ``k``/``v`` are lists of the local chunks."""
+    topology comes from ``$TASP_TOPOLOGY`` or the launcher. ``k``/``v`` are lists of the local chunks."""
     return _two_nodes(process_group, q, k, v, softmax_scale0, dropout_p, inter_in_mapping, inter_out_mapping,
                       out_mapping, in_mapping, layout, False)
 

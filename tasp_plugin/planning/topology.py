@@ -1,4 +1,4 @@
-"""``Topology``: which ranks of a CP group share a node (pure Python)."""
+"""``Topology``: which ranks of a CP group share a node (a value; detection lives in ``tasp_plugin.topology``)."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ class Topology:
         return self.nodes[self.node_of(rank)].index(rank)
 
     def order(self) -> list[int]:
-        """Group ranks node by node: rank ``k * m + i`` of a consecutive layout is ``order()[k * m + i]``."""
+        """Group ranks node by node: rank ``k * m + i`` of consecutively numbered nodes is ``order()[k * m + i]``."""
         return [r for n in self.nodes for r in n]
 
     def __str__(self) -> str:
