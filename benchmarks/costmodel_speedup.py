@@ -97,7 +97,7 @@ def plot(rows: dict[str, list[dict]], path: str) -> None:
              "8x H100": {"band": (1.05, 1.08), "points": [], "peak": 2.3},
              "2x8 H100": {"band": (1.2, 1.43), "points": []}}
     fig, axes = plt.subplots(1, len(rows), figsize=(5 * len(rows), 4.6), sharey=True)
-    for ax, (name, data) in zip(axes, rows.items()):
+    for ax, (name, data) in zip(axes, rows.items(), strict=True):
         seqs = [d["seq"] for d in data]
         for key, label in (("fwd_vs_ring", "fwd vs ring"), ("fwd_vs_zigzag", "fwd vs zigzag"),
                            ("fwdbwd_vs_zigzag", "fwd+bwd vs zigzag")):
@@ -106,7 +106,8 @@ def plot(rows: dict[str, list[dict]], path: str) -> None:
                 label="model: fwd vs zigzag, x read as tokens per GPU")
         ref = paper[name]
         if ref["points"]:
-            ax.scatter(*zip(*ref["points"]), color="black", marker="*", s=120, zorder=5, label="paper (fwd)")
+            ax.scatter(*zip(*ref["points"], strict=True), color="black", marker="*", s=120, zorder=5,
+                       label="paper (fwd)")
         if "band" in ref:
             ax.axhspan(*ref["band"], color="grey", alpha=0.3, label="paper average (fwd)")
         if "peak" in ref:
@@ -117,7 +118,7 @@ def plot(rows: dict[str, list[dict]], path: str) -> None:
         ax.set_xlabel("total sequence length (tokens)")
         ax.grid(True, alpha=0.3)
     axes[0].set_ylabel("predicted speedup of Hamilton")
-    handles = {label: h for ax in axes for h, label in zip(*ax.get_legend_handles_labels())}
+    handles = {label: h for ax in axes for h, label in zip(*ax.get_legend_handles_labels(), strict=True)}
     fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=4, fontsize=8)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=120)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import os
 import warnings
+from typing import Literal, overload
 
 import torch
 import torch.distributed as dist
@@ -93,6 +94,33 @@ def _check_across_ranks(comm: Communicator, tensors: tuple[torch.Tensor, ...]) -
     if differ:
         raise ValueError(f"q/k/v shapes or dtypes differ across the CP group: ranks {differ} differ from rank 0 "
                          f"(this is rank {comm.rank}); every rank must pass same-shaped local shards")
+
+
+@overload
+def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+                               group: dist.ProcessGroup | CPGroups | Communicator | None = None,
+                               algorithm: Algorithm | str = Algorithm.HAMILTON, causal: bool = True,
+                               softmax_scale: float | None = None, layout: Layout | str = Layout.BSHD,
+                               backend: str = "auto", return_lse: Literal[False] = False,
+                               topology: Topology | str | None = None) -> torch.Tensor: ...
+
+
+@overload
+def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+                               group: dist.ProcessGroup | CPGroups | Communicator | None = None,
+                               algorithm: Algorithm | str = Algorithm.HAMILTON, causal: bool = True,
+                               softmax_scale: float | None = None, layout: Layout | str = Layout.BSHD,
+                               backend: str = "auto", return_lse: Literal[True],
+                               topology: Topology | str | None = None) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@overload
+def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+                               group: dist.ProcessGroup | CPGroups | Communicator | None = None,
+                               algorithm: Algorithm | str = Algorithm.HAMILTON, causal: bool = True,
+                               softmax_scale: float | None = None, layout: Layout | str = Layout.BSHD,
+                               backend: str = "auto", return_lse: bool = False, topology: Topology | str | None = None
+                               ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]: ...
 
 
 def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,

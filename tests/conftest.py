@@ -1,10 +1,23 @@
-"""Shared fixtures."""
+"""Shared fixtures, and the ``gpu`` marker: ``@pytest.mark.gpu`` (or ``gpu(2)`` for two GPUs) skips a test
+on machines with fewer CUDA devices, so GPU tests are selected or excluded with ``-m gpu``."""
 
 import os
 import tempfile
 
 import pytest
+import torch
 import torch.distributed as dist
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for item in items:
+        mark = item.get_closest_marker("gpu")
+        if mark is None:
+            continue
+        needed = mark.args[0] if mark.args else 1
+        if available < needed:
+            item.add_marker(pytest.mark.skip(reason=f"needs {needed} CUDA GPU(s), found {available}"))
 
 
 @pytest.fixture

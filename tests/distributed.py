@@ -4,21 +4,17 @@ exit code alone)."""
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tasp_plugin.training.launch import free_port
 
 
-def _entry(rank: int, world: int, port: int, outdir: str, backend: str, fn, args) -> None:
+def rank_main(rank: int, world: int, port: int, outdir: str, backend: str, fn, args) -> None:
+    """One rank: join the group, run ``fn(rank, world, *args)`` and save what it returns to ``outdir``."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), NCCL_NVLS_ENABLE="0")
     torch.set_num_threads(1)
     if backend == "nccl":
@@ -35,7 +31,7 @@ def run_distributed(fn, world: int, *args, backend: str = "gloo") -> list:
     """``fn(rank, world, *args)`` on ``world`` processes (gloo on CPU, or NCCL with one GPU per rank);
     returns the per-rank results in rank order."""
     with tempfile.TemporaryDirectory() as outdir:
-        mp.spawn(_entry, args=(world, _free_port(), outdir, backend, fn, args), nprocs=world, join=True)
+        mp.spawn(rank_main, args=(world, free_port(), outdir, backend, fn, args), nprocs=world, join=True)
         results = []
         for r in range(world):
             path = os.path.join(outdir, f"rank{r}.pt")

@@ -46,7 +46,7 @@ def emulated_errors(n: int, algorithm: str, causal: bool, kv_heads: int, dtype: 
         grads = run_backward(cfg, bhsd(dout, rank), lq, lk, lv, out, lse)
         refs = [bhsd(ref_out, rank), shard_sequence(ref_lse, rank, n, 2)] + [bhsd(x.grad, rank) for x in (q, k, v)]
         return {name: ((a.double().cpu() - r.double().cpu()).abs().max() / r.double().abs().max()).item()
-                for name, a, r in zip(("out", "lse", "dq", "dk", "dv"), (out, lse, *grads), refs)}
+                for name, a, r in zip(("out", "lse", "dq", "dk", "dv"), (out, lse, *grads), refs, strict=True)}
 
     with ThreadPoolExecutor(n) as pool:
         per_rank = list(pool.map(rank_errors, range(n)))

@@ -79,6 +79,7 @@ def _mismatched(rank, n):
     return result
 
 
+@pytest.mark.distributed
 def test_shapes_that_differ_across_ranks_raise_on_every_rank():
     from .distributed import run_distributed
 

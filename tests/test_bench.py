@@ -22,7 +22,7 @@ def test_loopback_without_delivery_leaves_receive_buffers_alone():
     assert target.eq(1).all()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
 def test_per_rank_measurement_on_gpu():
     from tasp_plugin.bench import per_rank_seconds
 
@@ -41,6 +41,7 @@ def _harness(rank, world):
     return flat, multi
 
 
+@pytest.mark.distributed
 def test_prof_perform_returns_the_documented_dict_and_exact_outputs():
     from .distributed import run_distributed
 
@@ -61,6 +62,7 @@ def test_bench_command_rejects_bad_counts(capsys):
     assert "--iters" in capsys.readouterr().err
 
 
+@pytest.mark.distributed
 def test_bench_command_starts_its_own_processes_and_writes_the_result(tmp_path, capsys, monkeypatch):
     import json
 

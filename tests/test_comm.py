@@ -35,6 +35,7 @@ def _exchange(rank, n, transport):
 @pytest.mark.parametrize("n, transport, expect", [(3, "p2p", "p2p"), (5, "auto", "all_to_all"),
                                                   (5, "all_to_all", "all_to_all"), (2, "auto", "p2p"),
                                                   (4, "auto", "p2p")])
+@pytest.mark.distributed
 def test_exchange(n, transport, expect):
     for ok, used in run_distributed(_exchange, n, transport):
         assert ok and used == expect

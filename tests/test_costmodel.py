@@ -115,7 +115,8 @@ def test_causal_layout_rule():
     assert zigzag.fwd_steps[0].compute_s == pytest.approx(zigzag.fwd_steps[1].compute_s + 2 * overhead)
     assert ham.fwd_steps[1].compute_s > zigzag.fwd_steps[1].compute_s  # two kernel calls per step, not one
     dense = replace(long, causal=False)
-    assert predict(MI300X_MESH, dense, "ring", sharding="contiguous").fwd_s == predict(MI300X_MESH, dense, "zigzag").fwd_s
+    assert (predict(MI300X_MESH, dense, "ring", sharding="contiguous").fwd_s
+            == predict(MI300X_MESH, dense, "zigzag").fwd_s)
     assert predict(MI300X_MESH, dense, "zigzag").fwd_s == pytest.approx(2 * zigzag.fwd_s, rel=0.01)
 
 

@@ -69,7 +69,7 @@ def test_insertion_path_is_rainbow_hamiltonian_for_every_even_n_up_to_200():
         path = deco.insertion_path(n)
         owner = base_cycle_of_arc(n)
         assert sorted(path) == list(range(n - 1)), n
-        assert sorted(owner[arc] for arc in zip(path, path[1:])) == list(range(n - 2)), n
+        assert sorted(owner[arc] for arc in zip(path, path[1:], strict=False)) == list(range(n - 2)), n
 
 
 def test_insertion_path_shape():
@@ -97,7 +97,7 @@ def test_zigzag_sequencing_rejects_odd():
 
 def assert_path_decomposition(paths, m):
     assert len(paths) == m
-    arcs = [(a, b) for p in paths for a, b in zip(p, p[1:])]
+    arcs = [(a, b) for p in paths for a, b in zip(p, p[1:], strict=False)]
     assert all(sorted(p) == list(range(m)) for p in paths)
     assert len(arcs) == len(set(arcs)) == m * (m - 1)
     assert sorted(p[0] for p in paths) == sorted(p[-1] for p in paths) == list(range(m))

@@ -13,6 +13,8 @@ import torch
 
 from tests.distributed import run_distributed
 
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
 pytest.importorskip("deepspeed")
 
 CP, DP, BATCH, SEQ, VOCAB, LR, CLIP = 3, 2, 2, 24, 40, 0.5, 0.1
@@ -130,7 +132,8 @@ def _example_runs(out_dir: str) -> dict:
     resumed = example.train(example.parse_args(common + ["--steps", "3", "--resume"]))
     straight = example.train(example.parse_args(common[:-1] + [out_dir + "_straight", "--steps", "3"]))
     saved = sorted(os.listdir(os.path.join(out_dir, "checkpoints")))
-    return {"first": first, "resumed": resumed, "straight": straight, "curve": os.path.isfile(os.path.join(out_dir, "loss.png")),
+    return {"first": first, "resumed": resumed, "straight": straight,
+            "curve": os.path.isfile(os.path.join(out_dir, "loss.png")),
             "saved": [name for name in saved if name.startswith("step")]}
 
 

@@ -10,9 +10,9 @@ import torch.distributed as dist
 
 from tasp_plugin.api import context_parallel_attention
 from tasp_plugin.comm import as_communicator
-from tasp_plugin.planning import Topology, resolve
 from tasp_plugin.engine import EngineConfig, RingAttentionFunction
 from tasp_plugin.kernels import MathKernel
+from tasp_plugin.planning import Topology, resolve
 from tasp_plugin.schedules import RingSchedule
 from tasp_plugin.sharding import shard_sequence
 
@@ -39,7 +39,8 @@ def _case(rank, n, algorithm, causal, kv_heads, dtype, seq, device="cpu"):
     pairs = {"out": (out, local(ref_out)), "lse": (lse, local(ref_lse, 2)), "dq": (lq.grad, local(q.grad)),
              "dk": (lk.grad, local(k.grad)), "dv": (lv.grad, local(v.grad))}
     # error relative to the reference's magnitude, so one tolerance serves every quantity
-    return {name: ((a.double().cpu() - r).abs().max() / r.abs().max().clamp_min(1e-30)).item() for name, (a, r) in pairs.items()}
+    return {name: ((a.double().cpu() - r).abs().max() / r.abs().max().clamp_min(1e-30)).item()
+            for name, (a, r) in pairs.items()}
 
 
 def _contiguous_case(rank, n, algorithm, causal):
@@ -52,13 +53,15 @@ def _contiguous_case(rank, n, algorithm, causal):
     sched = RingSchedule.ring(n) if algorithm == "ring" else resolve("hamilton", Topology.uniform(1, n)).schedule
     cfg = EngineConfig.create(schedule=sched, comm=as_communicator(None), kernel=MathKernel(), head_dim=d,
                               causal=causal, sharding="contiguous", softmax_scale=0.5)
-    lq, lk, lv = (x.detach().chunk(n, dim=1)[rank].transpose(1, 2).contiguous().requires_grad_(True) for x in (q, k, v))
+    lq, lk, lv = (x.detach().chunk(n, dim=1)[rank].transpose(1, 2).contiguous().requires_grad_(True)
+                  for x in (q, k, v))
     out, lse = RingAttentionFunction.apply(lq, lk, lv, cfg)
     out.sum().backward()
     refs = [ref_out.chunk(n, 1)[rank].transpose(1, 2), ref_lse.chunk(n, 2)[rank]] + [
         x.grad.chunk(n, 1)[rank].transpose(1, 2) for x in (q, k, v)]
     return {name: (a.double() - r).abs().max().item()
-            for name, a, r in zip(("out", "lse", "dq", "dk", "dv"), (out, lse, lq.grad, lk.grad, lv.grad), refs)}
+            for name, a, r in zip(("out", "lse", "dq", "dk", "dv"), (out, lse, lq.grad, lk.grad, lv.grad), refs,
+                                  strict=True)}
 
 
 def _matrix(rank, n, device="cpu", dtypes=(torch.float64, torch.bfloat16)):
@@ -72,7 +75,8 @@ def _matrix(rank, n, device="cpu", dtypes=(torch.float64, torch.bfloat16)):
             results[(algorithm, causal, kv_heads, str(dtype))] = _case(rank, n, algorithm, causal, kv_heads, dtype,
                                                                        seq, device)
         for algorithm, causal in itertools.product(("ring", "hamilton"), (True, False) if device == "cpu" else ()):
-            results[("contiguous-" + algorithm, causal, 2, "torch.float64")] = _contiguous_case(rank, n, algorithm, causal)
+            results[("contiguous-" + algorithm, causal, 2, "torch.float64")] = _contiguous_case(rank, n, algorithm,
+                                                                                                causal)
     results["warnings"] = [str(w.message) for w in caught if "falling back" in str(w.message)]
     dist.barrier()
     return results
@@ -88,12 +92,15 @@ def _check(n, per_rank):
             assert not bad, f"n={n} rank={rank} {algorithm} causal={causal} kv_heads={kv} {dtype}: {bad}"
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 7, 8])
 def test_engine_matches_full_attention(n):
     _check(n, run_distributed(_matrix, n))
 
 
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2+ GPUs (NCCL)")
+@pytest.mark.gpu(2)
+@pytest.mark.distributed
 @pytest.mark.parametrize("n", [2, 3, 4, 8])
 def test_engine_on_gpus_with_nccl(n):
     if torch.cuda.device_count() < n:

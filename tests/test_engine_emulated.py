@@ -26,7 +26,7 @@ GPU_MATRIX = list(itertools.product([2, 3, 4, 5, 7, 8], ["ring", "hamilton"], [T
                                     [torch.float32, torch.bfloat16]))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
 @pytest.mark.parametrize("n, algorithm, causal, kv_heads, dtype", GPU_MATRIX)
 def test_engine_matrix_emulated_on_one_gpu(n, algorithm, causal, kv_heads, dtype):
     errors = emulated_errors(n, algorithm, causal, kv_heads, dtype, 48 * n, device="cuda", heads=4, head_dim=64)

@@ -67,8 +67,9 @@ def _worker(rank: int, world: int) -> dict:
                               "loss": abs(loss.item() - ref.loss.item()) / ref.loss.item(),
                               "grad": max(grads.values()), "implementation": model.config._attn_implementation}
     shard = shard_causal_lm_batch(input_ids, cp_rank=rank, cp_size=world)
-    for case, build, extra in (("padding", lambda: _llama("tasp"), {"attention_mask": torch.ones_like(shard["input_ids"]).tril()}),
-                               ("dropout", lambda: _llama("tasp", dropout=0.1).train(), {})):
+    for case, build, extra in (
+            ("padding", lambda: _llama("tasp"), {"attention_mask": torch.ones_like(shard["input_ids"]).tril()}),
+            ("dropout", lambda: _llama("tasp", dropout=0.1).train(), {})):
         try:
             build()(**shard, **extra)
             results[case] = "no error"
@@ -82,6 +83,8 @@ def results() -> list[dict]:
     return run_distributed(_worker, CP)
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_llama_tasp_matches_plain_model(results, algorithm):
     for rank, per_rank in enumerate(results):
@@ -91,6 +94,8 @@ def test_llama_tasp_matches_plain_model(results, algorithm):
         assert err["logits"] < 1e-10 and err["loss"] < 1e-6 and err["grad"] < 1e-9, (rank, err)
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_llama_tasp_rejects_padding_and_dropout(results):
     for per_rank in results:
         assert "padded batches" in per_rank["padding"]

@@ -67,13 +67,16 @@ def test_merge_handles_rows_that_saw_nothing():
 
 
 def test_update_out_and_lse_seed_api():
-    o, l = update_out_and_lse(None, None, torch.ones(1, 1, 2, 4), torch.zeros(1, 1, 2))
-    o2, l2 = update_out_and_lse(o, l, torch.zeros(1, 1, 2, 4), torch.zeros(1, 1, 2))
-    assert torch.allclose(o2, torch.full_like(o2, 0.5)) and torch.allclose(l2, torch.full_like(l2, 0.6931471805599453))
-    from tasp_plugin.compat.seed_api import _update_out_and_lse
+    o, lse = update_out_and_lse(None, None, torch.ones(1, 1, 2, 4), torch.zeros(1, 1, 2))
+    o2, l2 = update_out_and_lse(o, lse, torch.zeros(1, 1, 2, 4), torch.zeros(1, 1, 2))
+    assert (torch.allclose(o2, torch.full_like(o2, 0.5))
+            and torch.allclose(l2, torch.full_like(l2, 0.6931471805599453)))
+    from tasp_plugin.compat import seed_api
 
-    o3, l3 = _update_out_and_lse(torch.ones(1, 1, 2, 4), torch.zeros(1, 1, 2), torch.full((1, 1, 2, 4), 3.0),
-                                 torch.full((1, 1, 2), float("-inf")))
+    # the reference exports its merge under a leading-underscore name; the compat API keeps it in __all__
+    exported = {name: getattr(seed_api, name) for name in seed_api.__all__}
+    o3, l3 = exported["_update_out_and_lse"](torch.ones(1, 1, 2, 4), torch.zeros(1, 1, 2),
+                                             torch.full((1, 1, 2, 4), 3.0), torch.full((1, 1, 2), float("-inf")))
     assert torch.equal(o3, torch.ones(1, 1, 2, 4)) and torch.equal(l3, torch.zeros(1, 1, 2))
 
 
@@ -86,8 +89,9 @@ def test_get_kernel():
 
 @pytest.mark.parametrize("dtype, head_dim, backend", [
     (torch.bfloat16, 128, "cudnn"), (torch.float16, 64, "cudnn"), (torch.bfloat16, None, "cudnn"),
-    (torch.bfloat16, 192, "torch_flash"), (torch.bfloat16, 256, "torch_flash"), (torch.bfloat16, 320, "torch_efficient"),
-    (torch.bfloat16, 100, "torch_efficient"), (torch.float32, 64, "torch_efficient")])
+    (torch.bfloat16, 192, "torch_flash"), (torch.bfloat16, 256, "torch_flash"),
+    (torch.bfloat16, 320, "torch_efficient"), (torch.bfloat16, 100, "torch_efficient"),
+    (torch.float32, 64, "torch_efficient")])
 def test_auto_cuda_backend_respects_head_dim_limits(dtype, head_dim, backend):
     from tasp_plugin.kernels import auto_cuda_backend
 

@@ -7,7 +7,7 @@ from tasp_plugin.kernels import CudnnKernel, TorchEfficientKernel, TorchFlashKer
 
 from .reference import reference_attention
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = pytest.mark.gpu
 
 
 @pytest.mark.parametrize("kernel", [CudnnKernel(), TorchFlashKernel(), TorchEfficientKernel()], ids=lambda k: k.name)

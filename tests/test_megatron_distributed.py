@@ -15,8 +15,11 @@ import torch.multiprocessing as mp
 
 pytest.importorskip("megatron.core")
 
-from tests.distributed import _entry, _free_port
+from tasp_plugin.training.launch import free_port
+from tests.distributed import rank_main
 from tests.reference import reference_attention
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "megatron",
                        "pretrain_gpt.py")
@@ -67,7 +70,7 @@ def _attention_case(rank: int, group, n: int, algorithm: str, causal: bool) -> d
     ref = ref.transpose(0, 1).reshape(s, b, h * d)
     (ref * grad_out).sum().backward()
     errors = {"out": (out - shard_sequence(ref, rank, n, seq_dim=0)).abs().max().item()}
-    for name, mine, whole in zip("qkv", local, full):
+    for name, mine, whole in zip("qkv", local, full, strict=True):
         errors["d" + name] = (mine.grad - shard_sequence(whole.grad.transpose(0, 1), rank, n, 0)).abs().max().item()
     return errors
 
@@ -138,13 +141,13 @@ def _zygote(_: int, world: int, port: int, outdir: str, fn, args) -> None:
 
     import tasp_plugin.integrations.megatron  # noqa: F401
 
-    mp.start_processes(_entry, args=(world, port, outdir, "gloo", fn, args), nprocs=world, start_method="fork")
+    mp.start_processes(rank_main, args=(world, port, outdir, "gloo", fn, args), nprocs=world, start_method="fork")
 
 
 def run_forked(fn, world: int, *args) -> list:
     """``tests.distributed.run_distributed`` with the ranks forked from one spawned zygote."""
     with tempfile.TemporaryDirectory() as outdir:
-        mp.spawn(_zygote, args=(world, _free_port(), outdir, fn, args), nprocs=1)
+        mp.spawn(_zygote, args=(world, free_port(), outdir, fn, args), nprocs=1)
         return [torch.load(os.path.join(outdir, f"rank{r}.pt"), weights_only=False) for r in range(world)]
 
 

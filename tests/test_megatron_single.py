@@ -13,20 +13,23 @@ import warnings
 import pytest
 import torch
 
+from tests.reference import reference_attention
+
 pytest.importorskip("megatron.core")
 warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex).*")
 
-from megatron.core.process_groups_config import ProcessGroupCollection
-from megatron.core.transformer import TransformerConfig
-from megatron.core.transformer.enums import AttnMaskType
+# E402 on purpose: these need megatron-core, so they come after the importorskip above (skips the module
+# when it is absent) and after the filter for its import-time Transformer Engine / Apex warnings
+from megatron.core.process_groups_config import ProcessGroupCollection  # noqa: E402
+from megatron.core.transformer import TransformerConfig  # noqa: E402
+from megatron.core.transformer.enums import AttnMaskType  # noqa: E402
 
-from tasp_plugin.integrations.megatron import (
+from tasp_plugin.integrations.megatron import (  # noqa: E402
     CPUSafeRotaryEmbedding,
     TASPCoreAttention,
     resolve_cp_comm_type,
     tasp_gpt_layer_spec,
 )
-from tests.reference import reference_attention
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -93,7 +96,7 @@ def _check_against_reference(attn: TASPCoreAttention, causal: bool, scale: float
     ref = ref.transpose(0, 1).reshape(out.shape)
     (ref * grad).sum().backward()
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
-    for mine, theirs in zip((q, k, v), full):
+    for mine, theirs in zip((q, k, v), full, strict=True):
         torch.testing.assert_close(mine.grad, theirs.grad.transpose(0, 1), rtol=0, atol=1e-12)
 
 
@@ -182,6 +185,8 @@ def test_example_under_torchrun_environment(tmp_path, monkeypatch, capsys):
         example.parse_config(["--world-size", "6", "--context-parallel-size", "4"])
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_example_launches_its_own_processes(tmp_path):
     """The README command with 2 processes (CP = 2, Hamilton) and 2 steps, as a user runs it."""
     cmd = [sys.executable, os.path.join(REPO, "examples", "megatron", "pretrain_gpt.py"), "--world-size", "2",

@@ -6,12 +6,13 @@ run use ``bash`` or ``text`` fences. Snippets that start processes (``torch.mult
 """
 
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tasp_plugin.training.launch import free_port
 
 ROOT = Path(__file__).parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -28,15 +29,9 @@ def _snippets():
     return params
 
 
-def _free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
 @pytest.mark.parametrize("code", _snippets())
 def test_snippet_runs(code, tmp_path):
-    code = re.sub(r'"295[0-9][0-9]"', lambda _: f'"{_free_port()}"', code)
+    code = re.sub(r'"295[0-9][0-9]"', lambda _: f'"{free_port()}"', code)
     script = tmp_path / "snippet.py"
     script.write_text(code)
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=300)

@@ -51,7 +51,8 @@ def test_subgroups_of_a_cp_group_spanning_nodes_and_of_groups_sharing_a_node():
 
 
 @pytest.mark.parametrize("spec, kind", [("2x4", "hamilton_multinode"), ("1x8", "hamilton_flat"),
-                                        ("3x3", "hamilton_flat"), ("2x3", "zigzag"), ("1x4", "zigzag"), ("3x2", "hamilton_multinode")])
+                                        ("3x3", "hamilton_flat"), ("2x3", "zigzag"), ("1x4", "zigzag"),
+                                        ("3x2", "hamilton_multinode")])
 def test_hamilton_picks_flat_or_multinode_from_the_topology(spec, kind):
     assert resolve("hamilton", Topology.parse(spec)).algorithm == kind
 
@@ -89,9 +90,9 @@ def _groups_and_engine(rank, world):
     from megatron.core import parallel_state as ps
 
     from tasp_plugin import context_parallel_attention
+    from tasp_plugin.compat.seed_api import hamilton_attention_forward_full_flash_attn_two_nodes
     from tasp_plugin.integrations.megatron import initialize_tasp_groups, tasp_groups_for
     from tasp_plugin.sharding import shard_sequence
-    from tasp_plugin.compat.seed_api import hamilton_attention_forward_full_flash_attn_two_nodes
     from tasp_plugin.topology import build_cp_groups, build_subgroups
 
     os.environ["TASP_TOPOLOGY"] = "2x4"
@@ -136,6 +137,8 @@ def _groups_and_engine(rank, world):
     return report
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_groups_match_megatron_and_multinode_engine_is_exact():
     pytest.importorskip("megatron.core")
     for rank, report in enumerate(run_distributed(_groups_and_engine, 8)):

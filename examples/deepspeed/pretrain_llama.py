@@ -23,11 +23,15 @@ import os
 import sys
 import time
 import warnings
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
 from tasp_plugin.planning import Algorithm
+
+if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "deepspeed", "cp8_hamilton_zero1.json")
@@ -79,15 +83,15 @@ def build_model(args: argparse.Namespace) -> torch.nn.Module:
     from tasp_plugin.training.data import ByteTokenizer
 
     register_tasp_attention()
-    config = LlamaConfig(vocab_size=ByteTokenizer().vocab_size, hidden_size=args.hidden, intermediate_size=2 * args.hidden,
-                         num_hidden_layers=args.layers, num_attention_heads=args.heads,
-                         num_key_value_heads=args.kv_heads, max_position_embeddings=args.seq_len,
-                         attn_implementation=ATTN_IMPLEMENTATION)
+    config = LlamaConfig(vocab_size=ByteTokenizer().vocab_size, hidden_size=args.hidden,
+                         intermediate_size=2 * args.hidden, num_hidden_layers=args.layers,
+                         num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
+                         max_position_embeddings=args.seq_len, attn_implementation=ATTN_IMPLEMENTATION)
     torch.manual_seed(args.seed)  # identical initial weights on every rank and for every CP size
     return LlamaForCausalLM(config)
 
 
-def train_step(engine, tokens: torch.Tensor, rows_per_rank: int) -> float:
+def train_step(engine: DeepSpeedEngine, tokens: torch.Tensor, rows_per_rank: int) -> float:
     """One optimizer step on the global batch ``tokens [batch, seq + 1]``; returns its mean token loss."""
     from tasp_plugin.training.batch import shard_batch_for_cp
 

@@ -103,7 +103,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, tokens:
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     flat = torch.cat([g.reshape(-1) for g in grads])  # one all-reduce per step, not one per tensor
     dist.all_reduce(flat, group=dp_cp)
-    for g, reduced in zip(grads, flat.split([g.numel() for g in grads])):
+    for g, reduced in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
         g.copy_(reduced.view_as(g))
     optimizer.step()
     reported = loss.detach().clone()

@@ -21,7 +21,7 @@ from ..topology import detect_topology
 __all__ = ["mean_timings", "prof_perform"]
 
 
-def _schedules(two_nodes: bool, group) -> dict[str, tuple[str, RingSchedule]]:
+def _schedules(two_nodes: bool, group: dist.ProcessGroup | None) -> dict[str, tuple[str, RingSchedule]]:
     n = dist.get_world_size(group)
     if two_nodes:
         topo = detect_topology(group)
@@ -59,7 +59,8 @@ def prof_perform(bs: int, seqlen: int, nheads: int, d: int, causal: bool, two_no
     results = {}
     for key, (name, schedule) in _schedules(two_nodes, group).items():
         comm = ProcessGroupCommunicator(group)
-        data, out = [], None
+        data: list[dict[str, float]] = []
+        out: torch.Tensor | None = None
         profiler = _profiler(torch_profile, device)
         with profiler:
             for it in range(warm_ups + test_nums):
@@ -75,6 +76,8 @@ def prof_perform(bs: int, seqlen: int, nheads: int, d: int, causal: bool, two_no
         results[key] = {"name": name, "batch_size": bs, "seqlen": seqlen, "nheads": nheads, "d": d, "causal": causal,
                         "two_nodes": two_nodes, "test_nums": test_nums, "warm_ups": warm_ups, "data": data}
         if accuracy_test:
+            if out is None:
+                raise ValueError("accuracy_test needs at least one iteration (warm_ups + test_nums >= 1)")
             results[key]["accuracy"] = _accuracy(out, full, rank, n, causal, d, device)
         if log_all and rank == 0:
             mean = mean_timings(data)

@@ -4,7 +4,9 @@ monolithic kernel call over the whole sequence divided by the number of ranks.""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 
@@ -14,6 +16,8 @@ from ..kernels import BlockKernel, get_kernel
 from ..planning import Algorithm, Sharding, Topology, parse_choice, resolve
 
 __all__ = ["KernelClock", "PerRankResult", "attention_flops", "monolithic_seconds", "per_rank_seconds"]
+
+_T = TypeVar("_T")
 
 
 def attention_flops(batch: int, heads: int, q_len: int, k_len: int, head_dim: int, causal: bool,
@@ -28,9 +32,10 @@ class KernelClock:
     kernels (merges, copies, launches) can be told apart."""
 
     def __init__(self, inner: BlockKernel) -> None:
-        self.inner, self.name, self.spans = inner, inner.name, []
+        self.inner, self.name = inner, inner.name
+        self.spans: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
 
-    def _timed(self, fn, *args):
+    def _timed(self, fn: Callable[..., _T], *args: Any) -> _T:
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         result = fn(*args)
@@ -38,18 +43,21 @@ class KernelClock:
         self.spans.append((start, end))
         return result
 
-    def forward(self, *args):
+    def forward(self, *args: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """``inner.forward`` (same arguments), timed."""
         return self._timed(self.inner.forward, *args)
 
-    def backward(self, *args):
+    def backward(self, *args: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``inner.backward`` (same arguments), timed."""
         return self._timed(self.inner.backward, *args)
 
     def seconds(self) -> float:
+        """Seconds spent inside the recorded kernel calls."""
         torch.cuda.synchronize()
         return sum(a.elapsed_time(b) for a, b in self.spans) / 1e3
 
 
-def _time(fn, reps: int) -> float:
+def _time(fn: Callable[[], object], reps: int) -> float:
     fn()
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -69,7 +77,7 @@ def monolithic_seconds(total: int, heads: int, kv_heads: int, head_dim: int, cau
     k, v = (torch.randn(1, kv_heads, total, head_dim, device="cuda", dtype=dtype) for _ in range(2))
     scale = head_dim ** -0.5
 
-    def call():
+    def call() -> None:
         out, lse = kernel.forward(q, k, v, causal, scale)
         if backward:
             kernel.backward(torch.ones_like(out), q, k, v, out, lse, causal, scale)
@@ -99,7 +107,7 @@ def per_rank_seconds(algorithm: Algorithm | str, n: int, local: int, heads: int,
     k, v = (torch.randn(1, kv_heads, local, head_dim, device="cuda", dtype=dtype) for _ in range(2))
     dout = torch.randn_like(q)
 
-    def call(kern):
+    def call(kern: BlockKernel) -> None:
         cfg = EngineConfig.create(schedule=schedule, comm=LoopbackGroup(n, rank, deliver=False), kernel=kern,
                                   head_dim=head_dim, causal=causal, sharding=split)
         out, lse = run_forward(cfg, q, k, v)

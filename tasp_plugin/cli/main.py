@@ -43,7 +43,8 @@ def _plan(args: argparse.Namespace) -> int:
         flat = sched.kind == Algorithm.HAMILTON_FLAT
         links = multinode_links(sched.nodes, sched.gpus_per_node) if multinode else None
         validate_cycles(sched.cycles, n, complete=flat, allowed_arcs=links)
-        print("validation: OK (each cycle Hamiltonian, arcs disjoint" + (", every ordered pair covered)" if flat else ")"))
+        covered = ", every ordered pair covered)" if flat else ")"
+        print("validation: OK (each cycle Hamiltonian, arcs disjoint" + covered)
     except ScheduleError as exc:  # pragma: no cover - generated schedules are validated on creation
         print(f"validation: FAILED: {exc}")
         return 1

@@ -20,9 +20,10 @@ Transfers = Sequence[tuple[int, torch.Tensor]]
 
 
 class Handle(Protocol):
-    """A posted transfer; ``wait()`` blocks until its tensors may be read (receives) or reused (sends)."""
+    """A posted transfer; ``wait()`` blocks until its tensors may be read (receives) or reused (sends). Its
+    result is unused (``torch.distributed.Work.wait`` returns a bool and takes an optional timeout)."""
 
-    def wait(self) -> None: ...
+    def wait(self) -> object: ...
 
 
 class Communicator(ABC):

@@ -50,7 +50,7 @@ class LoopbackGroup(EmulatedGroup):
         if len(sends) != len(recvs):
             raise ValueError("loopback needs as many sends as receives in one exchange")
         if self.deliver:
-            for (_, s), (_, r) in zip(sends, recvs):
+            for (_, s), (_, r) in zip(sends, recvs, strict=True):
                 r.copy_(s.view_as(r))
         return [_Done()]
 

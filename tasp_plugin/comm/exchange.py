@@ -57,12 +57,13 @@ class RingExchange:
         self._peers = [(dst, src) for _, dst, src in schedule.peers(comm.rank)]
 
     def start(self, send: Pieces, recv: Pieces) -> list[Handle]:
-        """Post all sends and receives of one step; ``wait`` the returned handles before reading ``recv``."""
+        """Post all sends and receives of one step (one list of pieces per cycle in ``send`` and ``recv``);
+        ``wait`` the returned handles before reading ``recv``."""
         if self.transport == "all_to_all":
             return [self._start_all_to_all(send, recv)]
         return self.comm.start(
-            [(dst, s) for (dst, _), pieces in zip(self._peers, send) for s in pieces if s.numel()],
-            [(src, r) for (_, src), pieces in zip(self._peers, recv) for r in pieces if r.numel()])
+            [(dst, s) for (dst, _), pieces in zip(self._peers, send, strict=True) for s in pieces if s.numel()],
+            [(src, r) for (_, src), pieces in zip(self._peers, recv, strict=True) for r in pieces if r.numel()])
 
     def _start_all_to_all(self, send: Pieces, recv: Pieces) -> _AllToAllHandle:
         n, me = self.schedule.world_size, self.comm.rank

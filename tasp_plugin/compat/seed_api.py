@@ -33,6 +33,7 @@ __all__ = [
     "RingComm",
     "A2AComm",
     "update_out_and_lse",
+    "_update_out_and_lse",
     "ring_attention_forward_flash_attn",
     "ring_attention_forward_flash_attn_profile",
     "zigzag_ring_attention_forward_flash_attn",
@@ -130,7 +131,13 @@ def _update_out_and_lse(out: torch.Tensor, lse: torch.Tensor, block_out: torch.T
     return update_out_and_lse(out, lse, block_out, block_lse)
 
 
-def _unsupported(dropout_p: float, window_size=(-1, -1), alibi_slopes=None) -> None:
+_Group = dist.ProcessGroup | None
+_Mapping2D = Sequence[Sequence[int]]
+_Timings = dict[str, float]
+
+
+def _unsupported(dropout_p: float, window_size: Sequence[int] = (-1, -1),
+                 alibi_slopes: torch.Tensor | None = None) -> None:
     if dropout_p:
         raise ValueError(f"dropout_p={dropout_p} is not supported (attention dropout is not implemented)")
     if tuple(window_size) != (-1, -1):
@@ -139,10 +146,14 @@ def _unsupported(dropout_p: float, window_size=(-1, -1), alibi_slopes=None) -> N
         raise ValueError("alibi_slopes is not supported")
 
 
-def _run(process_group, q, k, v, schedule: RingSchedule, causal: bool, sharding: Sharding, softmax_scale,
-         seq_dim: int, timer: StepTimer | None):
-    """q/k/v in ``[B, S, H, D]`` (seq_dim 1) or ``[B, H, S, D]`` (seq_dim 2) -> (out, lse[, timings])."""
-    to_bhsd = (lambda t: t.transpose(1, 2)) if seq_dim == 1 else (lambda t: t)
+def _run(process_group: _Group, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, schedule: RingSchedule,
+         causal: bool, sharding: Sharding, softmax_scale: float | None, seq_dim: int,
+         timer: StepTimer | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """q/k/v in ``[B, S, H, D]`` (seq_dim 1) or ``[B, H, S, D]`` (seq_dim 2) -> (out, lse)."""
+
+    def to_bhsd(t: torch.Tensor) -> torch.Tensor:
+        return t.transpose(1, 2) if seq_dim == 1 else t
+
     qh, kh, vh = to_bhsd(q).contiguous(), to_bhsd(k), to_bhsd(v)
     if kh.shape != vh.shape or qh.shape[2] != kh.shape[2] or qh.shape[2] % 2:
         raise ValueError(f"q, k and v must have the same even local sequence length (and k, v one shape), got "
@@ -154,42 +165,60 @@ def _run(process_group, q, k, v, schedule: RingSchedule, causal: bool, sharding:
     return to_bhsd(out), lse
 
 
-def _ring(process_group, q, k, v, softmax_scale, dropout_p, causal, window_size, alibi_slopes, sharding, profile):
+def _ring(process_group: _Group, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scale: float | None,
+          dropout_p: float, causal: bool, window_size: Sequence[int], alibi_slopes: torch.Tensor | None,
+          sharding: Sharding, timer: StepTimer | None) -> tuple[torch.Tensor, torch.Tensor]:
     _unsupported(dropout_p, window_size, alibi_slopes)
     n = dist.get_world_size(process_group)
-    timer = StepTimer(q.device) if profile else None
-    out, lse = _run(process_group, q, k, v, RingSchedule.ring(n), causal, sharding, softmax_scale, 1, timer)
-    return (out, lse, timer.summary()) if profile else (out, lse)
+    return _run(process_group, q, k, v, RingSchedule.ring(n), causal, sharding, softmax_scale, 1, timer)
 
 
-def ring_attention_forward_flash_attn(process_group, q, k, v, softmax_scale, dropout_p=0, causal=False,
-                                      window_size=(-1, -1), alibi_slopes=None, deterministic=False):
+def ring_attention_forward_flash_attn(process_group: _Group, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                      softmax_scale: float | None, dropout_p: float = 0, causal: bool = False,
+                                      window_size: Sequence[int] = (-1, -1),
+                                      alibi_slopes: torch.Tensor | None = None,
+                                      deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Ring attention on contiguous shards ``[B, S_local, H, D]`` (rank r holds block r)."""
     return _ring(process_group, q, k, v, softmax_scale, dropout_p, causal, window_size, alibi_slopes,
-                 Sharding.CONTIGUOUS, False)
+                 Sharding.CONTIGUOUS, None)
 
 
-def ring_attention_forward_flash_attn_profile(process_group, q, k, v, softmax_scale, dropout_p=0, world_size=8,
-                                              causal=False, window_size=(-1, -1), alibi_slopes=None,
-                                              deterministic=False):
+def ring_attention_forward_flash_attn_profile(process_group: _Group, q: torch.Tensor, k: torch.Tensor,
+                                              v: torch.Tensor, softmax_scale: float | None, dropout_p: float = 0,
+                                              world_size: int = 8, causal: bool = False,
+                                              window_size: Sequence[int] = (-1, -1),
+                                              alibi_slopes: torch.Tensor | None = None,
+                                              deterministic: bool = False
+                                              ) -> tuple[torch.Tensor, torch.Tensor, _Timings]:
     """:func:`ring_attention_forward_flash_attn` plus per-call timings."""
-    return _ring(process_group, q, k, v, softmax_scale, dropout_p, causal, window_size, alibi_slopes,
-                 Sharding.CONTIGUOUS, True)
+    timer = StepTimer(q.device)
+    out, lse = _ring(process_group, q, k, v, softmax_scale, dropout_p, causal, window_size, alibi_slopes,
+                     Sharding.CONTIGUOUS, timer)
+    return out, lse, timer.summary()
 
 
-def zigzag_ring_attention_forward_flash_attn(process_group, q, k, v, softmax_scale, dropout_p=0, causal=True,
-                                             window_size=(-1, -1), alibi_slopes=None, deterministic=False):
+def zigzag_ring_attention_forward_flash_attn(process_group: _Group, q: torch.Tensor, k: torch.Tensor,
+                                             v: torch.Tensor, softmax_scale: float | None, dropout_p: float = 0,
+                                             causal: bool = True, window_size: Sequence[int] = (-1, -1),
+                                             alibi_slopes: torch.Tensor | None = None,
+                                             deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Zigzag ring attention on zigzag shards ``[B, S_local, H, D]`` (blocks r and 2n-1-r)."""
     return _ring(process_group, q, k, v, softmax_scale, dropout_p, causal, window_size, alibi_slopes,
-                 Sharding.ZIGZAG, False)
+                 Sharding.ZIGZAG, None)
 
 
-def zigzag_ring_attention_forward_flash_attn_profile(process_group, q, k, v, softmax_scale, dropout_p=0,
-                                                     causal=True, window_size=(-1, -1), alibi_slopes=None,
-                                                     deterministic=False):
+def zigzag_ring_attention_forward_flash_attn_profile(process_group: _Group, q: torch.Tensor, k: torch.Tensor,
+                                                     v: torch.Tensor, softmax_scale: float | None,
+                                                     dropout_p: float = 0, causal: bool = True,
+                                                     window_size: Sequence[int] = (-1, -1),
+                                                     alibi_slopes: torch.Tensor | None = None,
+                                                     deterministic: bool = False
+                                                     ) -> tuple[torch.Tensor, torch.Tensor, _Timings]:
     """:func:`zigzag_ring_attention_forward_flash_attn` plus per-call timings."""
-    return _ring(process_group, q, k, v, softmax_scale, dropout_p, causal, window_size, alibi_slopes,
-                 Sharding.ZIGZAG, True)
+    timer = StepTimer(q.device)
+    out, lse = _ring(process_group, q, k, v, softmax_scale, dropout_p, causal, window_size, alibi_slopes,
+                     Sharding.ZIGZAG, timer)
+    return out, lse, timer.summary()
 
 
 def _flat_or_ring(n: int) -> RingSchedule:
@@ -197,8 +226,9 @@ def _flat_or_ring(n: int) -> RingSchedule:
     return resolve("hamilton", Topology.uniform(1, n)).schedule
 
 
-def _hamilton_schedule(process_group, world_size: int, looping, out_mapping, in_mapping,
-                       source_rank_per_iter=None) -> RingSchedule:
+def _hamilton_schedule(process_group: _Group, world_size: int, looping: _Mapping2D | None,
+                       out_mapping: _Mapping2D | None, in_mapping: _Mapping2D | None,
+                       source_rank_per_iter: Sequence[Sequence[Sequence[bool]]] | None = None) -> RingSchedule:
     n = dist.get_world_size(process_group)
     if world_size != n:
         raise ValueError(f"world_size={world_size} but the process group has {n} ranks")
@@ -228,86 +258,128 @@ def _join_chunks(chunks: Sequence[torch.Tensor], seq_dim: int, causal: bool) -> 
     return torch.cat([h[0] for h in halves] + [h[1] for h in halves], dim=seq_dim)
 
 
-def _hamilton(process_group, q, k, v, softmax_scale0, dropout_p, world_size, looping, out_mapping, in_mapping,
-              layout, causal, profile, source_rank_per_iter=None):
+def _hamilton(process_group: _Group, q: torch.Tensor, k: Sequence[torch.Tensor], v: Sequence[torch.Tensor],
+              softmax_scale0: float | None, dropout_p: float, world_size: int, looping: _Mapping2D | None,
+              out_mapping: _Mapping2D | None, in_mapping: _Mapping2D | None, layout: str, causal: bool,
+              timer: StepTimer | None, source_rank_per_iter: Sequence[Sequence[Sequence[bool]]] | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
     _unsupported(dropout_p)
     seq_dim = _seq_dim(layout)
     schedule = _hamilton_schedule(process_group, world_size, looping, out_mapping, in_mapping, source_rank_per_iter)
     kk, vv = _join_chunks(k, seq_dim, causal), _join_chunks(v, seq_dim, causal)
-    timer = StepTimer(q.device) if profile else None
-    out, lse = _run(process_group, q, kk, vv, schedule, causal, Sharding.ZIGZAG, softmax_scale0, seq_dim, timer)
-    return (out, lse, timer.summary()) if profile else (out, lse)
+    return _run(process_group, q, kk, vv, schedule, causal, Sharding.ZIGZAG, softmax_scale0, seq_dim, timer)
 
 
-def hamilton_attention_forward_full_flash_attn(process_group, q, k, v, softmax_scale0, dropout_p=0, world_size=8,
-                                               looping=None, out_mapping=None, in_mapping=None, layout="BSND"):
+def hamilton_attention_forward_full_flash_attn(process_group: _Group, q: torch.Tensor, k: Sequence[torch.Tensor],
+                                               v: Sequence[torch.Tensor], softmax_scale0: float | None,
+                                               dropout_p: float = 0, world_size: int = 8,
+                                               looping: _Mapping2D | None = None, out_mapping: _Mapping2D | None = None,
+                                               in_mapping: _Mapping2D | None = None,
+                                               layout: str = "BSND") -> tuple[torch.Tensor, torch.Tensor]:
     """Non-causal Hamilton attention; ``k``/``v`` are lists of the local K/V chunks (any number)."""
     return _hamilton(process_group, q, k, v, softmax_scale0, dropout_p, world_size, looping, out_mapping,
-                     in_mapping, layout, False, False)
+                     in_mapping, layout, False, None)
 
 
-def hamilton_attention_forward_full_flash_attn_profile(process_group, q, k, v, softmax_scale0, dropout_p=0,
-                                                       world_size=8, looping=None, out_mapping=None,
-                                                       in_mapping=None, layout="BSND"):
+def hamilton_attention_forward_full_flash_attn_profile(process_group: _Group, q: torch.Tensor,
+                                                       k: Sequence[torch.Tensor], v: Sequence[torch.Tensor],
+                                                       softmax_scale0: float | None, dropout_p: float = 0,
+                                                       world_size: int = 8, looping: _Mapping2D | None = None,
+                                                       out_mapping: _Mapping2D | None = None,
+                                                       in_mapping: _Mapping2D | None = None, layout: str = "BSND"
+                                                       ) -> tuple[torch.Tensor, torch.Tensor, _Timings]:
     """:func:`hamilton_attention_forward_full_flash_attn` plus per-call timings."""
-    return _hamilton(process_group, q, k, v, softmax_scale0, dropout_p, world_size, looping, out_mapping,
-                     in_mapping, layout, False, True)
+    timer = StepTimer(q.device)
+    out, lse = _hamilton(process_group, q, k, v, softmax_scale0, dropout_p, world_size, looping, out_mapping,
+                         in_mapping, layout, False, timer)
+    return out, lse, timer.summary()
 
 
-def hamilton_attention_forward_causal_flash_attn(process_group, q, k, v, softmax_scale0, dropout_p=0,
-                                                 world_size=8, looping=None, out_mapping=None, in_mapping=None,
-                                                 source_rank_per_iter=None, layout="BSND"):
+def hamilton_attention_forward_causal_flash_attn(process_group: _Group, q: torch.Tensor, k: Sequence[torch.Tensor],
+                                                 v: Sequence[torch.Tensor], softmax_scale0: float | None,
+                                                 dropout_p: float = 0, world_size: int = 8,
+                                                 looping: _Mapping2D | None = None,
+                                                 out_mapping: _Mapping2D | None = None,
+                                                 in_mapping: _Mapping2D | None = None,
+                                                 source_rank_per_iter: Sequence[Sequence[Sequence[bool]]] | None = None,
+                                                 layout: str = "BSND") -> tuple[torch.Tensor, torch.Tensor]:
     """Causal Hamilton attention on zigzag shards; ``k[j]``/``v[j]`` = (front part j, back part j)."""
     return _hamilton(process_group, q, k, v, softmax_scale0, dropout_p, world_size, looping, out_mapping,
-                     in_mapping, layout, True, False, source_rank_per_iter)
+                     in_mapping, layout, True, None, source_rank_per_iter)
 
 
-def hamilton_attention_forward_causal_flash_attn_profile(process_group, q, k, v, softmax_scale0, dropout_p=0,
-                                                         world_size=8, looping=None, out_mapping=None,
-                                                         in_mapping=None, source_rank_per_iter=None,
-                                                         layout="BSND"):
+def hamilton_attention_forward_causal_flash_attn_profile(process_group: _Group, q: torch.Tensor,
+                                                         k: Sequence[torch.Tensor], v: Sequence[torch.Tensor],
+                                                         softmax_scale0: float | None, dropout_p: float = 0,
+                                                         world_size: int = 8, looping: _Mapping2D | None = None,
+                                                         out_mapping: _Mapping2D | None = None,
+                                                         in_mapping: _Mapping2D | None = None,
+                                                         source_rank_per_iter: Sequence[Sequence[Sequence[bool]]]
+                                                         | None = None,
+                                                         layout: str = "BSND"
+                                                         ) -> tuple[torch.Tensor, torch.Tensor, _Timings]:
     """:func:`hamilton_attention_forward_causal_flash_attn` plus per-call timings."""
-    return _hamilton(process_group, q, k, v, softmax_scale0, dropout_p, world_size, looping, out_mapping,
-                     in_mapping, layout, True, True, source_rank_per_iter)
+    timer = StepTimer(q.device)
+    out, lse = _hamilton(process_group, q, k, v, softmax_scale0, dropout_p, world_size, looping, out_mapping,
+                         in_mapping, layout, True, timer, source_rank_per_iter)
+    return out, lse, timer.summary()
 
 
-def _two_nodes(process_group, q, k, v, softmax_scale0, dropout_p, inter_in_mapping, inter_out_mapping, out_mapping,
-               in_mapping, layout, profile):
+def _two_nodes(process_group: _Group, q: torch.Tensor, k: Sequence[torch.Tensor], v: Sequence[torch.Tensor],
+               softmax_scale0: float | None, dropout_p: float, inter_in_mapping: _Mapping2D | None,
+               inter_out_mapping: _Mapping2D | None, out_mapping: _Mapping2D | None, in_mapping: _Mapping2D | None,
+               layout: str, timer: StepTimer | None) -> tuple[torch.Tensor, torch.Tensor]:
     _unsupported(dropout_p)
     seq_dim = _seq_dim(layout)
     topology = detect_topology(process_group)
     schedule = resolve("hamilton_multinode", topology).schedule
-    path0 = gen_hamilton_path_local(topology.gpus_per_node)
+    gpus_per_node = topology.gpus_per_node
+    assert gpus_per_node is not None  # resolve() rejects nodes of unequal size for hamilton_multinode
+    path0 = gen_hamilton_path_local(gpus_per_node)
     if schedule.node_ids and (inter_in_mapping is not None or inter_out_mapping is not None):
         raise ValueError("inter_in_mapping / inter_out_mapping describe nodes of consecutive ranks; this group's "
                          f"nodes {topology.nodes} are not, so leave them None")
-    inter_in, inter_out = calculate_inter_node_mapping(schedule.cycles) if not schedule.node_ids else (None, None)
-    for name, given, expected in (("inter_in_mapping", inter_in_mapping, inter_in),
-                                  ("inter_out_mapping", inter_out_mapping, inter_out),
-                                  ("out_mapping", out_mapping, calculate_intra_node_out_mapping_two_nodes(path0)),
-                                  ("in_mapping", in_mapping, calculate_intra_node_in_mapping_two_nodes(path0))):
+    checks: list[tuple[str, _Mapping2D | None, _Mapping2D]] = []
+    if not schedule.node_ids:  # otherwise the inter-node mappings are None (checked above)
+        inter_in, inter_out = calculate_inter_node_mapping(schedule.cycles)
+        checks += [("inter_in_mapping", inter_in_mapping, inter_in),
+                   ("inter_out_mapping", inter_out_mapping, inter_out)]
+    checks += [("out_mapping", out_mapping, calculate_intra_node_out_mapping_two_nodes(path0)),
+               ("in_mapping", in_mapping, calculate_intra_node_in_mapping_two_nodes(path0))]
+    for name, given, expected in checks:
         if given is not None and [tuple(x) if isinstance(x, (list, tuple)) else x for x in given] != \
                 [tuple(x) if isinstance(x, (list, tuple)) else x for x in expected]:
             raise ValueError(f"{name} does not match the multi-node schedule of this {topology} group "
                              f"(leave it None, or pass the value the seed helpers compute)")
     kk, vv = _join_chunks(k, seq_dim, False), _join_chunks(v, seq_dim, False)
-    timer = StepTimer(q.device) if profile else None
-    out, lse = _run(process_group, q, kk, vv, schedule, False, Sharding.ZIGZAG, softmax_scale0, seq_dim, timer)
-    return (out, lse, timer.summary()) if profile else (out, lse)
+    return _run(process_group, q, kk, vv, schedule, False, Sharding.ZIGZAG, softmax_scale0, seq_dim, timer)
 
 
-def hamilton_attention_forward_full_flash_attn_two_nodes(process_group, q, k, v, softmax_scale0, dropout_p=0,
-                                                         inter_in_mapping=None, inter_out_mapping=None,
-                                                         out_mapping=None, in_mapping=None, layout="BSND"):
+def hamilton_attention_forward_full_flash_attn_two_nodes(process_group: _Group, q: torch.Tensor,
+                                                         k: Sequence[torch.Tensor], v: Sequence[torch.Tensor],
+                                                         softmax_scale0: float | None, dropout_p: float = 0,
+                                                         inter_in_mapping: _Mapping2D | None = None,
+                                                         inter_out_mapping: _Mapping2D | None = None,
+                                                         out_mapping: _Mapping2D | None = None,
+                                                         in_mapping: _Mapping2D | None = None,
+                                                         layout: str = "BSND") -> tuple[torch.Tensor, torch.Tensor]:
     """Non-causal multi-node Hamilton attention ((m-K_m-m)^u cycles, any node count >= 2); the node
     topology comes from ``$TASP_TOPOLOGY`` or the launcher. ``k``/``v`` are lists of the local chunks."""
     return _two_nodes(process_group, q, k, v, softmax_scale0, dropout_p, inter_in_mapping, inter_out_mapping,
-                      out_mapping, in_mapping, layout, False)
+                      out_mapping, in_mapping, layout, None)
 
 
-def hamilton_attention_forward_full_flash_attn_two_nodes_profile(process_group, q, k, v, softmax_scale0, dropout_p=0,
-                                                                 inter_in_mapping=None, inter_out_mapping=None,
-                                                                 out_mapping=None, in_mapping=None, layout="BSND"):
+def hamilton_attention_forward_full_flash_attn_two_nodes_profile(process_group: _Group, q: torch.Tensor,
+                                                                 k: Sequence[torch.Tensor], v: Sequence[torch.Tensor],
+                                                                 softmax_scale0: float | None, dropout_p: float = 0,
+                                                                 inter_in_mapping: _Mapping2D | None = None,
+                                                                 inter_out_mapping: _Mapping2D | None = None,
+                                                                 out_mapping: _Mapping2D | None = None,
+                                                                 in_mapping: _Mapping2D | None = None,
+                                                                 layout: str = "BSND"
+                                                                 ) -> tuple[torch.Tensor, torch.Tensor, _Timings]:
     """:func:`hamilton_attention_forward_full_flash_attn_two_nodes` plus per-call timings."""
-    return _two_nodes(process_group, q, k, v, softmax_scale0, dropout_p, inter_in_mapping, inter_out_mapping,
-                      out_mapping, in_mapping, layout, True)
+    timer = StepTimer(q.device)
+    out, lse = _two_nodes(process_group, q, k, v, softmax_scale0, dropout_p, inter_in_mapping, inter_out_mapping,
+                          out_mapping, in_mapping, layout, timer)
+    return out, lse, timer.summary()

@@ -42,7 +42,8 @@ def _arc_table(arcs: Sequence[Sequence[int]], n: int, incoming: bool, closed: bo
     """``table[a][b]`` = index of the cycle/path with arc a->b (or b->a if ``incoming``), else -1."""
     table = [[-1] * n for _ in range(n)]
     for idx, seq in enumerate(arcs):
-        pairs = zip(seq, list(seq[1:]) + ([seq[0]] if closed else []))
+        # closed: n arcs (last -> first included); open path: n - 1 arcs, so zip stops at the shorter list
+        pairs = zip(seq, list(seq[1:]) + ([seq[0]] if closed else []), strict=False)
         for a, b in pairs:
             if incoming:
                 table[b][a] = idx

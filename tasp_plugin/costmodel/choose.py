@@ -25,7 +25,7 @@ class Choice:
 
     algorithm: Algorithm
     schedule: Algorithm
-    predictions: Mapping[str, Prediction]
+    predictions: Mapping[Algorithm, Prediction]
     reason: str
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .base import BlockKernel, expand_kv_heads
@@ -10,11 +12,12 @@ from .cuda_sdpa import CudnnKernel, TorchEfficientKernel, TorchFlashKernel
 from .math_kernel import MathKernel
 from .merge import merge_into, update_out_and_lse
 
-__all__ = ["BlockKernel", "expand_kv_heads", "CpuFlashKernel", "CudnnKernel", "MathKernel", "TorchEfficientKernel", "TorchFlashKernel",
-           "auto_cuda_backend", "get_kernel", "merge_into", "update_out_and_lse", "BACKENDS"]
+__all__ = ["BlockKernel", "expand_kv_heads", "CpuFlashKernel", "CudnnKernel", "MathKernel", "TorchEfficientKernel",
+           "TorchFlashKernel", "auto_cuda_backend", "get_kernel", "merge_into", "update_out_and_lse", "BACKENDS"]
 
 BACKENDS = ("auto", "cpu", "cudnn", "torch_flash", "torch_efficient", "math")
-_CUDA = {"cudnn": CudnnKernel, "torch_flash": TorchFlashKernel, "torch_efficient": TorchEfficientKernel}
+_CUDA: dict[str, Callable[[], BlockKernel]] = {"cudnn": CudnnKernel, "torch_flash": TorchFlashKernel,
+                                               "torch_efficient": TorchEfficientKernel}
 
 
 def auto_cuda_backend(dtype: torch.dtype, head_dim: int | None) -> str:

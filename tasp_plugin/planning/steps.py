@@ -76,13 +76,14 @@ def plan_step(schedule: RingSchedule, rank: int, step: int, causal: bool, shardi
               lengths: list[int] | tuple[int, ...]) -> StepPlan:
     """Buffer arrangement and blocks of ``rank`` at ``step`` (``step == n`` is home), for sub-chunk ``lengths``."""
     c = schedule.num_cycles
-    order, spans = _arrangement(step, schedule, rank, causal, Sharding(sharding), c)
+    # Sharding(...) looks a member up by value; mypy checks it against _Choice.__new__ (python/mypy#10573)
+    order, spans = _arrangement(step, schedule, rank, causal, Sharding(sharding), c)  # type: ignore[call-arg]
     starts: list[int] = []
     offset = 0
     for j, _ in order:
         starts.append(offset)
         offset += lengths[j]
-    where = {piece: (s, s + lengths[piece[0]]) for piece, s in zip(order, starts)}
+    where = {piece: (s, s + lengths[piece[0]]) for piece, s in zip(order, starts, strict=True)}
     slots = tuple((where[(j, "front")], where[(j, "back")]) for j in range(c))
     bounds = starts + [offset]
     blocks = tuple(Block(q, (bounds[a], bounds[b]), causal_block) for q, a, b, causal_block in spans

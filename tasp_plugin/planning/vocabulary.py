@@ -43,7 +43,8 @@ def parse_choice(kind: type[_E], value: object, what: str) -> _E:
     if not isinstance(value, str):
         raise TypeError(f"{what} must be a string, one of {list(kind.values())}; got {value!r}")
     try:
-        return kind(value)
+        # a lookup by value (EnumMeta.__call__), not member creation: mypy checks it against __new__ (python/mypy#10573)
+        return kind(value)  # type: ignore[call-arg]
     except ValueError:
         raise ValueError(f"unknown {what} {value!r}; choose one of {list(kind.values())}") from None
 

@@ -18,7 +18,7 @@ Construction (pure combinatorics, no torch):
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 from .validation import validate_cycles, validate_paths
 
@@ -100,14 +100,14 @@ def _even_cycles(n: int) -> list[list[int]]:
     path = insertion_path(n)
     owner = _arc_owner(base, n - 1)
     cycles = [list(c) for c in base]
-    for x, y in zip(path, path[1:]):
+    for x, y in zip(path, path[1:], strict=False):  # consecutive pairs
         cyc = cycles[owner[x][y]]
         cyc.insert(cyc.index(y), n - 1)
     cycles.append([n - 1] + list(path))
     return cycles
 
 
-@lru_cache(maxsize=None)
+@cache
 def _decomposition(n: int) -> tuple[tuple[int, ...], ...]:
     if n == 2:
         cycles = [[0, 1]]
@@ -135,7 +135,7 @@ def hamiltonian_decomposition(n: int) -> list[list[int]]:
     return [list(c) for c in _decomposition(n)]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _path_decomposition(m: int) -> tuple[tuple[int, ...], ...]:
     if m == 1:
         return ((0,),)

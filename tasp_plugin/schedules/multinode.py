@@ -11,7 +11,7 @@ that for m = 2, whose paths all swap the two GPUs.)
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 from .decomposition import hamiltonian_path_decomposition
 from .validation import ScheduleError, validate_cycles
@@ -46,7 +46,7 @@ def _walk(paths: list[list[int]], start: int, nodes: int) -> tuple[list[int], in
     return cycle, local
 
 
-@lru_cache(maxsize=None)
+@cache
 def _multinode(nodes: int, gpus_per_node: int) -> tuple[tuple[int, ...], ...]:
     paths = hamiltonian_path_decomposition(gpus_per_node)
     cycles = [_walk(paths, j, nodes)[0] for j in range(gpus_per_node)]

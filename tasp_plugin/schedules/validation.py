@@ -73,7 +73,7 @@ def validate_paths(paths: Sequence[Sequence[int]], m: int) -> None:
     seen: dict[tuple[int, int], int] = {}
     for p, path in enumerate(paths):
         _check_vertices(path, m, f"path {p}")
-        for a, b in zip(path, path[1:]):
+        for a, b in zip(path, path[1:], strict=False):  # consecutive pairs
             if (a, b) in seen:
                 raise ScheduleError(f"arc {a}->{b} is used by path {seen[(a, b)]} and path {p}")
             seen[(a, b)] = p

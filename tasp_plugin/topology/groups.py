@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import torch.distributed as dist
 
-from .detect import world_topology
 from ..planning import Topology
+from .detect import world_topology
 
 __all__ = ["CPGroups", "ORDERS", "build_cp_groups", "build_subgroups", "cp_rank_lists", "subgroup_rank_lists"]
 
@@ -72,9 +72,10 @@ class CPGroups:
         return self.cp
 
 
-def _create(lists: list[list[int]], me: int, backend: str | None):
+def _create(lists: list[list[int]], me: int,
+            backend: str | None) -> tuple[dist.ProcessGroup | None, tuple[int, ...]]:
     """Create every group (same order on every rank); return this rank's (group, ranks) or (None, ())."""
-    mine = (None, ())
+    mine: tuple[dist.ProcessGroup | None, tuple[int, ...]] = (None, ())
     for ranks in lists:
         group = dist.new_group(ranks, backend=backend)
         if me in ranks:
@@ -86,6 +87,7 @@ def _build(cp_lists: list[list[int]], cp_group: dist.ProcessGroup | None, node_o
            backend: str | None) -> CPGroups:
     me = dist.get_rank()
     created_cp, cp_ranks = _create(cp_lists, me, backend) if cp_group is None else (cp_group, ())
+    assert created_cp is not None, "cp_rank_lists puts every rank in one CP group"
     cp_ranks = cp_ranks or next(tuple(r) for r in cp_lists if me in r)
     plans = [subgroup_rank_lists(r, node_of) for r in cp_lists]
     intra, intra_ranks = _create([g for _, i, _ in plans for g in i if len(g) > 1], me, backend)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 import sysconfig
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import SupportsInt
 
 import torch
 
@@ -15,7 +16,7 @@ __all__ = ["ByteTokenizer", "load_corpus", "token_batches"]
 def _stdlib_sources() -> list[str]:
     """Sorted paths of the standard library's top-level-and-nested ``.py`` files (no site-packages)."""
     root = sysconfig.get_paths()["stdlib"]
-    paths = []
+    paths: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in ("site-packages", "dist-packages", "__pycache__"))
         paths.extend(os.path.join(dirpath, f) for f in sorted(filenames) if f.endswith(".py"))
@@ -63,14 +64,14 @@ class ByteTokenizer:
         ids = list(text)
         return ids + [self.eos_id] if self.eos_id is not None else ids
 
-    def decode(self, ids) -> str:
+    def decode(self, ids: Iterable[SupportsInt]) -> str:
         """Text of token ids (EOS and invalid UTF-8 are dropped/replaced)."""
         return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")
 
 
 def token_batches(data: bytes, seq_len: int, batch_size: int, seed: int,
-                  start_step: int = 0) -> Iterator[torch.LongTensor]:
-    """Endless ``[batch_size, seq_len + 1]`` windows at random offsets; batch ``i`` depends only on
+                  start_step: int = 0) -> Iterator[torch.Tensor]:
+    """Endless int64 ``[batch_size, seq_len + 1]`` windows at random offsets; batch ``i`` depends only on
     ``(seed, i)``, so resuming at ``start_step`` continues the same stream."""
     if seq_len < 1 or batch_size < 1:
         raise ValueError(f"seq_len and batch_size must be >= 1, got {seq_len} and {batch_size}")

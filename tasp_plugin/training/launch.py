@@ -7,7 +7,7 @@ import os
 import socket
 from collections.abc import Callable
 
-__all__ = ["launched", "run_local"]
+__all__ = ["free_port", "launched", "run_local"]
 
 
 def launched() -> bool:
@@ -15,7 +15,8 @@ def launched() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on the loopback interface that is free right now (for MASTER_PORT)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -34,5 +35,5 @@ def run_local(fn: Callable, nprocs: int, *args, start_method: str = "spawn") -> 
 
     if nprocs < 1:
         raise ValueError(f"nprocs must be >= 1, got {nprocs}")
-    mp.start_processes(_child, args=(fn, nprocs, _free_port(), args), nprocs=nprocs, join=True,
+    mp.start_processes(_child, args=(fn, nprocs, free_port(), args), nprocs=nprocs, join=True,
                        start_method=start_method)

@@ -44,19 +44,14 @@ def build_groups(cp_size: int, topology: Topology | str | None = None) -> Parall
     world, rank = dist.get_world_size(), dist.get_rank()
     if cp_size < 1 or world % cp_size:
         raise ValueError(f"cp_size {cp_size} must be a positive divisor of the world size {world}")
-    mine: dict[str, dist.ProcessGroup] = {"links": build_cp_groups(cp_size, order="deepspeed", topology=topology)}
-    dp_ranks: tuple[int, ...] = ()
-    for j in range(cp_size):
-        ranks = list(range(j, world, cp_size))
-        group = dist.new_group(ranks)
-        if rank in ranks:
-            mine["dp"], dp_ranks = group, tuple(ranks)
-    mine["dp_cp"] = dist.new_group(list(range(world)))
-    for r in range(world):
-        group = dist.new_group([r])
-        if r == rank:
-            mine["single"] = group
-    return ParallelGroups(cp_size=cp_size, dp_ranks=dp_ranks, **mine)
+    links = build_cp_groups(cp_size, order="deepspeed", topology=topology)
+    # every rank creates every group, in the same order, and keeps its own (rank r is in DP group r % cp_size)
+    dp_lists = [list(range(j, world, cp_size)) for j in range(cp_size)]
+    dp_groups = [dist.new_group(ranks) for ranks in dp_lists]
+    dp_cp = dist.new_group(list(range(world)))
+    single_groups = [dist.new_group([r]) for r in range(world)]
+    return ParallelGroups(cp_size=cp_size, links=links, dp=dp_groups[rank % cp_size], dp_cp=dp_cp,
+                          single=single_groups[rank], dp_ranks=tuple(dp_lists[rank % cp_size]))
 
 
 class ContextParallelMPU:
