@@ -30,7 +30,8 @@ def _schedules(two_nodes: bool, group: dist.ProcessGroup | None) -> dict[str, tu
     else:
         res = resolve(Algorithm.HAMILTON, Topology.uniform(1, n))
         name = f"K{n}-hamilton" if res.algorithm is Algorithm.HAMILTON_FLAT else f"K{n}-zigzag-fallback"
-    return {"hamilton": (name, res.schedule), "ring": ("ring", RingSchedule.ring(n))}
+    ring = resolve(Algorithm.RING, Topology.uniform(1, n)).schedule
+    return {"hamilton": (name, res.schedule), "ring": ("ring", ring)}
 
 
 def prof_perform(bs: int, seqlen: int, nheads: int, d: int, causal: bool, two_nodes: bool, test_nums: int,

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from ..comm import ProcessGroupCommunicator
 from ..engine import EngineConfig, RingAttentionFunction, StepTimer
 from ..kernels import get_kernel, update_out_and_lse
-from ..planning import Sharding, Topology, resolve
+from ..planning import Algorithm, Sharding, Topology, resolve
 from ..schedules import RingSchedule
 from ..topology import detect_topology
 from .seed_helpers import (
@@ -170,7 +170,8 @@ def _ring(process_group: _Group, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
           sharding: Sharding, timer: StepTimer | None) -> tuple[torch.Tensor, torch.Tensor]:
     _unsupported(dropout_p, window_size, alibi_slopes)
     n = dist.get_world_size(process_group)
-    return _run(process_group, q, k, v, RingSchedule.ring(n), causal, sharding, softmax_scale, 1, timer)
+    schedule = resolve(Algorithm.RING, Topology.uniform(1, n)).schedule
+    return _run(process_group, q, k, v, schedule, causal, sharding, softmax_scale, 1, timer)
 
 
 def ring_attention_forward_flash_attn(process_group: _Group, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
