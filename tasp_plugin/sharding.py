@@ -25,8 +25,14 @@ def shard_sequence(x: torch.Tensor, cp_rank: int, cp_size: int, seq_dim: int) ->
 
 
 def unshard_sequence(shards: list[torch.Tensor], seq_dim: int) -> torch.Tensor:
-    """Reassemble the global sequence from all ranks' zigzag shards (in rank order)."""
+    """Reassemble the global sequence from all ranks' zigzag shards (in rank order); the shards must be
+    equally long and of even length along ``seq_dim`` (two halves each)."""
     n = len(shards)
+    if n < 1:
+        raise ValueError("unshard_sequence needs at least one shard")
+    lengths = [s.shape[seq_dim] for s in shards]
+    if len(set(lengths)) > 1 or lengths[0] % 2:
+        raise ValueError(f"zigzag shards must have one even length along dim {seq_dim}, got lengths {lengths}")
     halves = [s.chunk(2, dim=seq_dim) for s in shards]
     order = [halves[r][0] for r in range(n)] + [halves[r][1] for r in reversed(range(n))]
     return torch.cat(order, dim=seq_dim)

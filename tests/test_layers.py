@@ -20,7 +20,7 @@ LAYERS = [
     {"topology"},
     {"comm"},
     {"engine"},
-    {"api", "sharding"},
+    {"api", "sharding", "checks"},
     {"compat", "training", "bench", "cli"},
     {"integrations"},
 ]

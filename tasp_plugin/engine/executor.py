@@ -7,7 +7,8 @@ hop after the final step brings each home.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,10 +73,13 @@ def _pieces(buf: torch.Tensor, plan: StepPlan) -> list[list[torch.Tensor]]:
 
 
 def _rotate(cfg: EngineConfig, buf: torch.Tensor, plans: tuple[StepPlan, ...],
-            phase: str) -> Iterator[tuple[int, StepPlan, torch.Tensor]]:
+            phase: str) -> Generator[tuple[int, StepPlan, torch.Tensor], None, None]:
     """Yield ``(step, plan, buffer)`` for every step while the next step's chunks are in flight: posts the
     exchange before the caller computes and completes it after (overlap of comm and compute). Incoming
-    pieces land where the next step's plan wants them, so its blocks are contiguous rows."""
+    pieces land where the next step's plan wants them, so its blocks are contiguous rows.
+
+    If the caller fails during a step (close the generator, e.g. with ``contextlib.closing``), the transfers
+    already posted are completed first, so the group stays usable for the next call."""
     exchange = RingExchange(cfg.schedule, cfg.comm)
     n = cfg.schedule.world_size
     for step in range(n):
@@ -86,12 +90,23 @@ def _rotate(cfg: EngineConfig, buf: torch.Tensor, plans: tuple[StepPlan, ...],
             incoming = torch.empty_like(buf)
             handles = exchange.start(_pieces(buf, plans[step]), _pieces(incoming, plans[step + 1]))
         cfg.mark(phase, "posted", step)
-        yield step, plans[step], buf
+        try:
+            yield step, plans[step], buf
+        except BaseException:
+            _drain(handles)
+            raise
         cfg.mark(phase, "computed", step)
         if incoming is not None:
             exchange.wait(handles)
             buf = incoming
             cfg.mark(phase, "received", step)
+
+
+def _drain(handles: list[Handle]) -> None:
+    """Complete posted transfers while an error propagates (the peers posted their halves); a failure here
+    must not hide the error being raised."""
+    with contextlib.suppress(Exception):
+        Communicator.wait(handles)
 
 
 def _acc_dtype(x: torch.Tensor) -> torch.dtype:
@@ -118,12 +133,13 @@ def _forward(cfg: EngineConfig, q: torch.Tensor, kv: torch.Tensor) -> tuple[torc
     seq = q.shape[-2]
     out = torch.zeros(q.shape, dtype=_acc_dtype(q), device=q.device)
     lse = torch.full(q.shape[:-1], float("-inf"), dtype=_acc_dtype(q), device=q.device)
-    for _, plan, buf in _rotate(cfg, kv, cfg.plans(seq), "forward"):
-        for block in plan.blocks:
-            rows = _q_rows(block.q_part, seq)
-            b_out, b_lse = cfg.kernel.forward(q[..., rows, :], _rows_to_bhsd(buf, block.keys, 0),
-                                              _rows_to_bhsd(buf, block.keys, 1), block.causal, cfg.scale)
-            merge_into(out[..., rows, :], lse[..., rows], b_out, b_lse)
+    with contextlib.closing(_rotate(cfg, kv, cfg.plans(seq), "forward")) as steps:
+        for _, plan, buf in steps:
+            for block in plan.blocks:
+                rows = _q_rows(block.q_part, seq)
+                b_out, b_lse = cfg.kernel.forward(q[..., rows, :], _rows_to_bhsd(buf, block.keys, 0),
+                                                  _rows_to_bhsd(buf, block.keys, 1), block.causal, cfg.scale)
+                merge_into(out[..., rows, :], lse[..., rows], b_out, b_lse)
     return out, lse
 
 
@@ -149,23 +165,29 @@ def _backward(cfg: EngineConfig, dout: torch.Tensor, q: torch.Tensor, kv: torch.
     acc = torch.zeros(kv.shape, dtype=_acc_dtype(q), device=q.device)
     acc_exchange = RingExchange(cfg.schedule, cfg.comm)
     in_flight: list[Handle] = []
-    for step, plan, buf in _rotate(cfg, kv, plans, "backward"):
-        grads = []
-        for block in plan.blocks:
-            rows = _q_rows(block.q_part, seq)
-            g_q, g_k, g_v = cfg.kernel.backward(dout[..., rows, :], q[..., rows, :],
-                                                _rows_to_bhsd(buf, block.keys, 0), _rows_to_bhsd(buf, block.keys, 1),
-                                                out[..., rows, :], lse[..., rows], block.causal, cfg.scale)
-            dq[..., rows, :] += g_q
-            grads.append((block.keys, g_k, g_v))
-        acc_exchange.wait(in_flight)
-        for keys, g_k, g_v in grads:
-            _rows_to_bhsd(acc, keys, 0).add_(g_k)
-            _rows_to_bhsd(acc, keys, 1).add_(g_v)
-        if n > 1:
-            arriving = torch.empty_like(acc)
-            in_flight = acc_exchange.start(_pieces(acc, plan), _pieces(arriving, plans[step + 1]))
-            acc = arriving
+    try:
+        with contextlib.closing(_rotate(cfg, kv, plans, "backward")) as steps:
+            for step, plan, buf in steps:
+                grads = []
+                for block in plan.blocks:
+                    rows = _q_rows(block.q_part, seq)
+                    g_q, g_k, g_v = cfg.kernel.backward(
+                        dout[..., rows, :], q[..., rows, :], _rows_to_bhsd(buf, block.keys, 0),
+                        _rows_to_bhsd(buf, block.keys, 1), out[..., rows, :], lse[..., rows], block.causal, cfg.scale)
+                    dq[..., rows, :] += g_q
+                    grads.append((block.keys, g_k, g_v))
+                acc_exchange.wait(in_flight)
+                in_flight = []
+                for keys, g_k, g_v in grads:
+                    _rows_to_bhsd(acc, keys, 0).add_(g_k)
+                    _rows_to_bhsd(acc, keys, 1).add_(g_v)
+                if n > 1:
+                    arriving = torch.empty_like(acc)
+                    in_flight = acc_exchange.start(_pieces(acc, plan), _pieces(arriving, plans[step + 1]))
+                    acc = arriving
+    except BaseException:
+        _drain(in_flight)
+        raise
     acc_exchange.wait(in_flight)
     return dq.to(q.dtype), acc
 
@@ -189,6 +211,9 @@ class RingAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, dout: torch.Tensor, _dlse: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        if torch.is_grad_enabled():  # create_graph=True: the backward's kernels and transfers are not traced
+            raise RuntimeError("context-parallel attention is differentiable once: double backward "
+                               "(create_graph=True) is not supported")
         q, kv, out, lse = ctx.saved_tensors
         dq, dkv = _backward(ctx.cfg, dout.contiguous(), q, kv, out, lse)
         seq = q.shape[-2]

@@ -30,8 +30,14 @@ _installed = CPSettings()
 
 def install_context_parallel(group: dist.ProcessGroup | CPGroups | None, algorithm: str = "hamilton",
                              backend: str = "auto") -> CPSettings:
-    """Make ``group``/``algorithm``/``backend`` the defaults of every TASP attention call in this process."""
+    """Make ``group``/``algorithm``/``backend`` the defaults of every TASP attention call in this process;
+    ``group=None`` means the default process group (it must exist when attention runs)."""
     global _installed
+    if group is not None and not isinstance(group, (dist.ProcessGroup, CPGroups)):
+        raise TypeError(f"group must be a torch.distributed ProcessGroup, the CPGroups of build_cp_groups or None "
+                        f"(the default group), got {type(group).__name__}")
+    if algorithm is None or backend is None:
+        raise TypeError("algorithm and backend must be given (strings such as 'hamilton' and 'auto'), not None")
     check_options(algorithm=algorithm, backend=backend)
     _installed = CPSettings(group, algorithm, backend)
     return _installed
@@ -53,6 +59,8 @@ class TASPAttention(torch.nn.Module):
                  group: dist.ProcessGroup | CPGroups | None = None, algorithm: str | None = None,
                  backend: str | None = None) -> None:
         super().__init__()
+        if layout is None:
+            raise TypeError("layout must be one of 'bshd', 'sbhd', 'bhsd', not None")
         check_options(layout, algorithm, backend)
         self.causal, self.softmax_scale, self.layout = causal, softmax_scale, layout
         self.group, self.algorithm, self.backend = group, algorithm, backend

@@ -10,6 +10,7 @@ import socket
 import torch.distributed as dist
 
 from ..planning import Topology
+from .gather import gather_objects
 
 __all__ = ["TOPOLOGY_ENV", "detect_topology", "resolve_topology", "world_topology"]
 
@@ -18,7 +19,13 @@ _detected: dict[tuple, Topology] = {}
 
 
 def _parse(spec: Topology | str, what: str, world_size: int) -> Topology:
-    topo = Topology.parse(spec) if isinstance(spec, str) else spec
+    if isinstance(spec, str):
+        try:
+            topo = Topology.parse(spec)
+        except ValueError as exc:
+            raise ValueError(f"{what}: {exc}") from None
+    else:
+        topo = spec
     if not isinstance(topo, Topology):
         raise TypeError(f"{what} must be a Topology or a string like '2x4', got {type(spec).__name__}")
     if topo.world_size != world_size:
@@ -26,14 +33,35 @@ def _parse(spec: Topology | str, what: str, world_size: int) -> Topology:
     return topo
 
 
-def _gathered_node_ids(group: dist.ProcessGroup | None) -> list:
-    """Per rank of ``group``: its node, from host names (or ``LOCAL_WORLD_SIZE`` if all names are equal)."""
-    ids: list = [None] * dist.get_world_size(group)
-    dist.all_gather_object(ids, (socket.gethostname(), dist.get_rank()), group=group)
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "0") or 0)
-    if len({host for host, _ in ids}) == 1 and 0 < local < dist.get_world_size():
-        return [g // local for _, g in ids]
-    return [host for host, _ in ids]
+def local_world_size() -> int:
+    """``$LOCAL_WORLD_SIZE`` (processes per node, set by launchers), 0 if unset; a clear error if malformed."""
+    raw = os.environ.get("LOCAL_WORLD_SIZE", "").strip()
+    if not raw:
+        return 0
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"$LOCAL_WORLD_SIZE must be a positive integer (processes per node), got {raw!r}")
+    return int(raw)
+
+
+def _gathered_node_ids(group: dist.ProcessGroup | None) -> list[str | int]:
+    """Per rank of ``group``: its node, from host names (or ``LOCAL_WORLD_SIZE`` if all names are equal).
+    Every rank reads its own environment first, then all agree or all raise."""
+    try:
+        local: int | str = local_world_size()
+    except ValueError as exc:
+        local = str(exc)
+    ids = gather_objects((socket.gethostname(), dist.get_rank(), local), group)
+    errors = sorted({str(x) for _, _, x in ids if isinstance(x, str)})
+    if errors:
+        raise ValueError("; ".join(errors))
+    if len({x for _, _, x in ids}) > 1:
+        raise ValueError(f"$LOCAL_WORLD_SIZE differs across the ranks of the group: {[x for _, _, x in ids]}")
+    same_host = len({host for host, _, _ in ids}) == 1
+    width = ids[0][2]
+    assert isinstance(width, int)
+    if same_host and 0 < width < dist.get_world_size():
+        return [g // width for _, g, _ in ids]
+    return [host for host, _, _ in ids]
 
 
 def resolve_topology(override: Topology | str | None, world_size: int) -> Topology | None:

@@ -11,6 +11,7 @@ import torch.distributed as dist
 
 from ..planning import Topology
 from .detect import world_topology
+from .gather import gather_objects
 
 __all__ = ["CPGroups", "ORDERS", "build_cp_groups", "build_subgroups", "cp_rank_lists", "subgroup_rank_lists"]
 
@@ -110,8 +111,7 @@ def build_subgroups(cp_group: dist.ProcessGroup, *, topology: Topology | str | N
     """Sub-groups for an existing CP group (e.g. Megatron's): learns every rank's CP group with one
     all-gather over the default group, then creates the sub-groups in the same order everywhere."""
     mine = [dist.get_global_rank(cp_group, r) for r in range(dist.get_world_size(cp_group))]
-    everyone: list = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, mine)
+    everyone = gather_objects(mine)
     lists = sorted({tuple(r) for r in everyone})
     world = world_topology(topology)
     return _build([list(r) for r in lists], cp_group, world.node_of, backend)

@@ -1,0 +1,178 @@
+"""What an attention call checks before its first transfer: every argument on its own (the same error on
+every rank that passes it), then, across the CP group, that every rank makes the same call.
+
+The cross-rank check gathers a fingerprint of the call (shapes, exact dtype, options, and everything the
+schedule decision reads: topology override and environment, GPU name). It runs on the first call of each
+new (group, fingerprint), so steady-state training pays nothing, and on every call with
+``TASP_CHECK_SHAPES=1``. A rank whose own checks failed takes part with its error, so every rank raises.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from .comm import Communicator, ProcessGroupCommunicator
+from .kernels import BACKENDS
+from .planning import Algorithm, Layout, Topology, parse_choice
+from .topology import TOPOLOGY_ENV, gather_objects
+
+__all__ = ["CHECK_ENV", "CallOptions", "agree_across_ranks", "check_call", "env_flag"]
+
+CHECK_ENV = "TASP_CHECK_SHAPES"
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+# (group ranks, group object id) -> fingerprints every rank of that group agreed on
+_agreed: dict[tuple[tuple[int, ...], int], set[tuple[tuple[str, str], ...]]] = {}
+
+
+def env_flag(name: str) -> bool:
+    """A boolean environment variable: 1/true/yes/on or 0/false/no/off/unset (any case)."""
+    raw = os.environ.get(name, "").strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise ValueError(f"${name} must be one of {_TRUE + _FALSE[1:]}, got {os.environ[name]!r}")
+
+
+@dataclass(frozen=True)
+class CallOptions:
+    """The checked options of one attention call."""
+
+    algorithm: Algorithm
+    layout: Layout
+    causal: bool
+    softmax_scale: float | None
+    backend: str
+    return_lse: bool
+
+
+def _check_scale(softmax_scale: object) -> float | None:
+    if softmax_scale is None:
+        return None
+    if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)):
+        raise TypeError(f"softmax_scale must be a positive finite number or None, got {softmax_scale!r}")
+    if not math.isfinite(softmax_scale) or softmax_scale <= 0:
+        raise ValueError(f"softmax_scale must be a positive finite number or None, got {softmax_scale!r}")
+    return float(softmax_scale)
+
+
+def _check_tensors(q: object, k: object, v: object, layout: Layout) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise TypeError(f"{name} must be 4-D in layout {layout.value!r} ({layout.meaning}), got shape "
+                             f"{tuple(t.shape)}")
+        if t.dtype not in _FLOATS:
+            raise TypeError(f"{name} has dtype {t.dtype}; attention takes float16, bfloat16, float32 or float64")
+    assert isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)
+    if not q.dtype == k.dtype == v.dtype:
+        raise TypeError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not q.device == k.device == v.device:
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if k.shape != v.shape:
+        raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} must have the same shape")
+    perm = layout.to_bhsd
+    (bq, hq, sq, dq), (bk, hk, sk, dk) = ([t.shape[i] for i in perm] for t in (q, k))
+    if hq < 1 or hk < 1:
+        raise ValueError(f"q and k/v need at least one head, got {hq} query and {hk} key/value heads")
+    if dq < 1:
+        raise ValueError(f"head_dim must be >= 1, got {dq}")
+    if bq != bk:
+        raise ValueError(f"q and k/v differ in batch size: {bq} vs {bk} (layout {layout.value!r})")
+    if dq != dk:
+        raise ValueError(f"q and k/v differ in head_dim: {dq} vs {dk} (layout {layout.value!r})")
+    if hq % hk:
+        raise ValueError(f"Q heads ({hq}) must be a multiple of K/V heads ({hk})")
+    if sq != sk or sq < 2 or sq % 2:
+        raise ValueError(f"local q and k/v must have the same even sequence length >= 2 (global length divisible "
+                         f"by 2 * cp_size), got {sq} and {sk}")
+
+
+def check_call(q: object, k: object, v: object, *, algorithm: object, causal: object, softmax_scale: object,
+               layout: object, backend: object, return_lse: object) -> CallOptions:
+    """Every argument of ``context_parallel_attention`` on its own; ``TypeError``/``ValueError`` naming it."""
+    chosen = parse_choice(Algorithm, algorithm, "algorithm")
+    dims = parse_choice(Layout, layout, "layout")
+    for name, flag in (("causal", causal), ("return_lse", return_lse)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be True or False, got {flag!r}")
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a string, one of {list(BACKENDS)}; got {backend!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
+    scale = _check_scale(softmax_scale)
+    _check_tensors(q, k, v, dims)
+    assert isinstance(causal, bool) and isinstance(return_lse, bool)
+    return CallOptions(chosen, dims, causal, scale, backend, return_lse)
+
+
+def fingerprint(options: CallOptions, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                topology: Topology | str | None) -> tuple[tuple[str, str], ...]:
+    """What every rank of the group must agree on, as (field, value) strings."""
+    gpu = torch.cuda.get_device_name(q.device) if q.is_cuda else ""
+    fields = {
+        "q shape": tuple(q.shape), "k shape": tuple(k.shape), "v shape": tuple(v.shape), "dtype": q.dtype,
+        "device type": q.device.type, "algorithm": options.algorithm.value, "causal": options.causal,
+        "softmax_scale": options.softmax_scale, "layout": options.layout.value, "backend": options.backend,
+        "topology": topology, f"${TOPOLOGY_ENV}": os.environ.get(TOPOLOGY_ENV, ""),
+        "$LOCAL_WORLD_SIZE": os.environ.get("LOCAL_WORLD_SIZE", ""),
+        "$TASP_INTERCONNECT": os.environ.get("TASP_INTERCONNECT", ""), "GPU": gpu,
+    }
+    return tuple((key, str(value)) for key, value in fields.items())
+
+
+def _group_key(comm: ProcessGroupCommunicator) -> tuple[tuple[int, ...], int]:
+    ranks = tuple(dist.get_process_group_ranks(comm.group)) if comm.group is not None else ()
+    return ranks, id(comm.group)
+
+
+def agree_across_ranks(comm: Communicator, mine: tuple[tuple[str, str], ...] | None,
+                       error: Exception | None) -> None:
+    """Make the ranks of a process group fail together: when a check is due, gather every rank's fingerprint
+    (``mine``, None where this rank's own checks raised ``error``) and raise on every rank if any rank failed
+    or the fingerprints differ. Finally re-raise ``error``.
+
+    Due: with ``TASP_CHECK_SHAPES=1`` on every call; else on the first call over the group and on a new
+    fingerprint. A rank that fails its own checks on a group that already agreed raises without gathering
+    (the others cannot know a check is due), so such a rank-local error is caught only when it shows up on
+    the group's first call or with ``TASP_CHECK_SHAPES=1``."""
+    if isinstance(comm, ProcessGroupCommunicator) and comm.size > 1:
+        key = _group_key(comm)
+        seen = _agreed.get(key)
+        every_call = env_flag(CHECK_ENV)
+        due = every_call or seen is None or (error is None and mine not in seen)
+        if due:
+            report = None if error is None else f"{type(error).__name__}: {error}"
+            everyone = gather_objects((mine, report), comm.group)
+            failed = [(r, msg) for r, (_, msg) in enumerate(everyone) if msg is not None]
+            if failed and error is None:
+                rank, msg = failed[0]
+                raise ValueError(f"rank {rank} of the CP group rejected its attention call ({msg}); every rank "
+                                 f"stops (this is rank {comm.rank})")
+            if not failed:
+                _raise_on_difference([fp for fp, _ in everyone], comm.rank)
+                assert mine is not None
+                _agreed.setdefault(key, set()).add(mine)
+    if error is not None:
+        raise error
+
+
+def _raise_on_difference(prints: list[tuple[tuple[str, str], ...] | None], me: int) -> None:
+    """``ValueError`` naming each field on which some rank differs from rank 0, with the ranks' values."""
+    reference = dict(prints[0] or ())
+    differences = []
+    for field, value in reference.items():
+        values = {r: dict(p or ()).get(field) for r, p in enumerate(prints)}
+        if len(set(values.values())) > 1:
+            differences.append(f"{field}: " + ", ".join(f"rank {r} {v}" for r, v in values.items()
+                                                          if v != value or r == 0))
+    if differences:
+        raise ValueError("the ranks of the CP group disagree on the attention call (every rank must pass the "
+                         f"same shapes, dtype and options; this is rank {me}): " + "; ".join(differences))
