@@ -78,3 +78,22 @@ def test_bench_command_starts_its_own_processes_and_writes_the_result(tmp_path, 
     assert result["hamilton"]["name"] == "K3-hamilton" and len(result["ring"]["data"]) == 2
     assert result["hamilton"]["accuracy"]["max_abs_error"] < 1e-5
     assert mean_timings([{"t": 1.0}, {"t": 3.0}]) == {"t": 2.0}
+
+
+def test_documented_cpu_bench_command_runs_hamilton():
+    """docs/BENCHMARKS.md's CPU ``tasp bench`` line uses a world size where Hamilton runs (not the n = 4, 6
+    zigzag fallback) and a sequence length its world size divides."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    from tasp_plugin.cli.main import build_parser
+    from tasp_plugin.planning import Topology, resolve
+
+    text = (Path(__file__).parents[1] / "docs" / "BENCHMARKS.md").read_text()
+    lines = re.findall(r"^tasp bench [^#\n]*", text, flags=re.M)
+    assert lines
+    for line in lines:
+        args = build_parser().parse_args(shlex.split(line)[1:])
+        assert resolve("hamilton", Topology.uniform(1, args.nproc)).algorithm == "hamilton_flat", line
+        assert args.seqlen % (2 * args.nproc) == 0, line

@@ -121,20 +121,28 @@ def _layout(engine) -> dict:
 
 
 def _example_runs(out_dir: str) -> dict:
-    """The example's training loop at CP 3 x DP 2 on a small model: 2 steps, then resumed to 3, and an
-    uninterrupted 3-step run to hold the resumed one to."""
+    """The example's training loop at CP 3 x DP 2 on a small model: 2 steps, then continued to 3 with --load,
+    and an uninterrupted 3-step run to hold the continued one to."""
     spec = importlib.util.spec_from_file_location("pretrain_llama", EXAMPLE)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    common = ["--cp-size", str(CP), "--seq-len", "48", "--layers", "1", "--hidden", "32", "--heads", "4",
-              "--kv-heads", "2", "--max-corpus-bytes", "100000", "--save-interval", "1", "--out-dir", out_dir]
-    first = example.train(example.parse_args(common + ["--steps", "2"]))
-    resumed = example.train(example.parse_args(common + ["--steps", "3", "--resume"]))
-    straight = example.train(example.parse_args(common[:-1] + [out_dir + "_straight", "--steps", "3"]))
-    saved = sorted(os.listdir(os.path.join(out_dir, "checkpoints")))
+    common = ["--context-parallel-size", str(CP), "--seq-length", "48", "--num-layers", "1", "--hidden-size", "32",
+              "--num-attention-heads", "4", "--num-query-groups", "2", "--max-corpus-bytes", "100000",
+              "--save-interval", "1"]
+
+    def run(save: str, *extra: str) -> list[float]:
+        cfg = example.parse_config([*common, "--save", save, *extra])
+        example.plan_run(cfg)
+        return example.train(cfg)
+
+    first = run(out_dir, "--train-iters", "2")
+    resumed = run(out_dir, "--train-iters", "3", "--load", out_dir)
+    straight = run(out_dir + "_straight", "--train-iters", "3")
+    saved = sorted(os.listdir(out_dir))
     return {"first": first, "resumed": resumed, "straight": straight,
             "curve": os.path.isfile(os.path.join(out_dir, "loss.png")),
-            "saved": [name for name in saved if name.startswith("step")]}
+            "saved": [name for name in saved if name.startswith("step")],
+            "run_file": os.path.isfile(os.path.join(out_dir, "step000003", example.RUN_FILE))}
 
 
 def _cases(rank: int, world: int, stages: tuple[int, ...], out_dir: str) -> dict:
@@ -218,5 +226,5 @@ def test_example_trains_checkpoints_and_resumes(results):
     assert len(run["first"]) == 2 and len(run["resumed"]) == 3 and run["resumed"][:2] == run["first"]
     assert all(math.isfinite(x) for x in run["resumed"]) and run["resumed"][0] > run["resumed"][2]
     assert run["resumed"] == pytest.approx(run["straight"], rel=1e-6)
-    assert run["curve"] and run["saved"] == ["step000001", "step000002", "step000003"]
+    assert run["curve"] and run["saved"] == ["step000001", "step000002", "step000003"] and run["run_file"]
     assert all(per_rank["example"]["resumed"] == run["resumed"] for per_rank in results)

@@ -96,3 +96,37 @@ def test_auto_cuda_backend_respects_head_dim_limits(dtype, head_dim, backend):
     from tasp_plugin.kernels import auto_cuda_backend
 
     assert auto_cuda_backend(dtype, head_dim) == backend
+
+
+@pytest.mark.parametrize("kernel", KERNELS, ids=lambda k: k.name)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_kernel_lse_of_empty_nan_and_inf_rows(kernel, dtype):
+    """Issue 13: one key with an inf gives row 0 a +inf score, row 1 a -inf score (an empty row) and row 2
+    (query 0 in that dim) a NaN score. PyTorch's CPU flash op returns LSE NaN, 0 and 0 for these; every
+    kernel must return +inf (out NaN), -inf (out 0) and NaN (out NaN), so that merging the block into
+    finite rows leaves the empty row untouched and the others non-finite."""
+    q = torch.tensor([[1.0, 0.5], [-1.0, 0.5], [0.0, 0.5]], dtype=dtype).view(1, 1, 3, 2)
+    k = torch.tensor([[float("inf"), 1.0]], dtype=dtype).view(1, 1, 1, 2)
+    v = torch.full((1, 1, 1, 2), 3.0, dtype=dtype)
+    out, lse = kernel.forward(q, k, v, False, 1.0)
+    assert lse.dtype in (torch.float32, torch.float64)
+    assert torch.isposinf(lse[0, 0, 0]) and out[0, 0, 0].isnan().all()
+    assert torch.isneginf(lse[0, 0, 1]) and out[0, 0, 1].eq(0).all()
+    assert lse[0, 0, 2].isnan() and out[0, 0, 2].isnan().all()
+    acc_out, acc_lse = torch.ones(1, 1, 3, 2), torch.full((1, 1, 3), 0.25)
+    merge_into(acc_out, acc_lse, out, lse)
+    assert torch.isposinf(acc_lse[0, 0, 0]) and acc_out[0, 0, 0].isnan().all()
+    assert acc_lse[0, 0, 1] == 0.25 and acc_out[0, 0, 1].eq(1).all()
+    assert acc_lse[0, 0, 2].isnan() and acc_out[0, 0, 2].isnan().all()
+
+
+@pytest.mark.parametrize("kernel", KERNELS, ids=lambda k: k.name)
+def test_kernel_nan_key_alone_in_its_block_is_not_masked(kernel):
+    """The reproduction of issue 13 at block level: a NaN key alone in a one-key block made the CPU
+    flash op return out 0 and LSE 0, so the merge dropped the NaN."""
+    q = torch.randn(1, 2, 4, 8)
+    k, v = torch.randn(1, 2, 1, 8), torch.randn(1, 2, 1, 8)
+    k[0, 1, 0, 5] = float("nan")
+    out, lse = kernel.forward(q, k, v, False, 0.5)
+    assert lse[0, 1].isnan().all() and out[0, 1].isnan().all()
+    assert torch.isfinite(lse[0, 0]).all() and torch.isfinite(out[0, 0]).all()

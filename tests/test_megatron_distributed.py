@@ -82,7 +82,8 @@ def _gpt_run(example, cp: int, algo, steps: int, dtype: str, layers: int = 2) ->
     from tasp_plugin.training.data import load_corpus, token_batches
 
     cfg = example.parse_config(["--world-size", "8", "--context-parallel-size", str(cp), "--num-layers", str(layers),
-                                "--hidden-size", "32", "--ffn-hidden-size", "64", "--dtype", dtype])
+                                "--hidden-size", "32", "--ffn-hidden-size", "64", "--dtype", dtype,
+                                "--global-batch-size", "8"])
     cfg["cp_comm_type"] = algo
     model = example.build_model(cfg, torch.device("cpu"))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -94,13 +95,20 @@ def _gpt_run(example, cp: int, algo, steps: int, dtype: str, layers: int = 2) ->
 
 
 def _example_train_and_resume(example, out_dir: str) -> dict:
-    """The example's own training loop (CP = 8, Hamilton, the default config with a short sequence):
-    3 steps saving every step, then a run resumed from the step-1 checkpoint."""
-    cfg = example.parse_config(["--seq-length", "64", "--train-steps", "3", "--save-interval", "1",
-                                "--out-dir", out_dir, "--max-corpus-bytes", "200000"])
-    straight = example.train(cfg, torch.device("cpu"))
-    resumed = example.train({**cfg, "resume": os.path.join(out_dir, "ckpt_step000001.pt")}, torch.device("cpu"))
-    return {"straight": straight, "resumed": resumed, "curve": os.path.isfile(os.path.join(out_dir, "loss.png"))}
+    """The example's own training loop (CP = 8, Hamilton, the default config with a short sequence): 2 steps,
+    then continued to 3 with --load (Megatron-LM's --save/--load), and an uninterrupted 3-step run."""
+    def run(save: str, *extra: str) -> list[float]:
+        cfg = example.parse_config(["--seq-length", "64", "--save-interval", "1", "--save", save,
+                                    "--max-corpus-bytes", "200000", *extra])
+        example.plan_run(cfg)
+        return example.train(cfg, torch.device("cpu"))
+
+    first = run(out_dir, "--train-iters", "2")
+    resumed = run(out_dir, "--train-iters", "3", "--load", out_dir)
+    straight = run(out_dir + "_straight", "--train-iters", "3")
+    return {"first": first, "resumed": resumed, "straight": straight,
+            "curve": os.path.isfile(os.path.join(out_dir, "loss.png")),
+            "saved": sorted(f for f in os.listdir(out_dir) if f.endswith(".pt"))}
 
 
 def _world8(rank: int, world: int, out_dir: str) -> dict:
@@ -193,8 +201,8 @@ def test_loss_curves_close_over_20_steps(world8):
 
 
 def test_example_training_loop_saves_and_resumes(world8):
-    straight, resumed = world8[0]["example"]["straight"], world8[0]["example"]["resumed"]
-    assert len(straight) == 3 and resumed[:1] == straight[:1]
-    assert resumed == pytest.approx(straight, rel=1e-6)  # resuming at step 1 continues the same run
-    assert world8[0]["example"]["curve"]
-    assert world8[5]["example"]["straight"] == straight
+    run = world8[0]["example"]
+    assert len(run["first"]) == 2 and run["resumed"][:2] == run["first"]
+    assert run["resumed"] == pytest.approx(run["straight"], rel=1e-6)  # --load continues the same run
+    assert run["curve"] and run["saved"] == ["ckpt_step000001.pt", "ckpt_step000002.pt", "ckpt_step000003.pt"]
+    assert world8[5]["example"]["resumed"] == run["resumed"]

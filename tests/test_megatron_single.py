@@ -13,6 +13,7 @@ import warnings
 import pytest
 import torch
 
+from tasp_plugin.training.launch import free_port
 from tests.reference import reference_attention
 
 pytest.importorskip("megatron.core")
@@ -170,30 +171,46 @@ def test_example_under_torchrun_environment(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("LOCAL_RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", "29731")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
     threads = torch.get_num_threads()
     try:
-        example.main(["--context-parallel-size", "1", "--seq-length", "32", "--train-steps", "2",
-                      "--max-corpus-bytes", "100000", "--out-dir", str(tmp_path), "--device", "cpu"])
+        example.main(["--context-parallel-size", "1", "--seq-length", "32", "--train-iters", "2",
+                      "--max-corpus-bytes", "100000", "--save", str(tmp_path), "--device", "cpu"])
     finally:
         torch.set_num_threads(threads)
     out = capsys.readouterr().out
-    assert "CP=1 (hamilton), DP=1" in out and "loss " in out
+    assert "1 ranks on cpu (gloo): CP=1, DP=1" in out and "schedule: none (CP = 1: plain attention on each rank)" in out
+    assert out.strip().splitlines()[-1].startswith("final loss ") and "tokens/s" in out
     assert (tmp_path / "loss.png").is_file() and (tmp_path / "ckpt_step000002.pt").is_file()
-    with pytest.raises(ValueError, match="multiple of context_parallel_size"):
+    with pytest.raises(SystemExit):  # under torchrun the world size is the launcher's
         example.parse_config(["--world-size", "6", "--context-parallel-size", "4"])
+    assert "differs from the launcher's WORLD_SIZE 1" in capsys.readouterr().err
 
 
 @pytest.mark.distributed
 @pytest.mark.slow
 def test_example_launches_its_own_processes(tmp_path):
-    """The README command with 2 processes (CP = 2, Hamilton) and 2 steps, as a user runs it."""
-    cmd = [sys.executable, os.path.join(REPO, "examples", "megatron", "pretrain_gpt.py"), "--world-size", "2",
-           "--context-parallel-size", "2", "--seq-length", "32", "--train-steps", "2", "--max-corpus-bytes",
-           "100000", "--out-dir", str(tmp_path), "--device", "cpu"]
+    """The README command with 2 processes (CP = 2, Hamilton) and 2 steps, as a user runs it; a plain re-run
+    into the same --save is refused in one line, --load continues it."""
+    base = [sys.executable, os.path.join(REPO, "examples", "megatron", "pretrain_gpt.py"), "--world-size", "2",
+            "--context-parallel-size", "2", "--seq-length", "32", "--max-corpus-bytes", "100000", "--save",
+            str(tmp_path), "--device", "cpu"]
+    cmd = [*base, "--train-iters", "2"]
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "CP=2 (hamilton), DP=1" in proc.stdout and "done in" in proc.stdout
-    state = torch.load(tmp_path / "ckpt_step000002.pt", weights_only=False)
+    assert "CP=2, DP=1" in proc.stdout and "schedule: hamilton -> hamilton_flat: K_2, 1 cycles" in proc.stdout
+    assert proc.stdout.count("schedule:") == 1  # rank 0 only
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1].startswith("done in") and lines[-2].startswith("final loss ") and "tokens/s" in lines[-2]
+    state = torch.load(tmp_path / "ckpt_step000002.pt", weights_only=True)
     assert state["step"] == 2 and len(state["losses"]) == 2 and (tmp_path / "loss.png").is_file()
+    assert state["extra"]["run"]["seq_length"] == 32 and state["extra"]["run"]["data"]["bytes"] == 100000
+    again = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert again.returncode == 2 and again.stdout == "" and again.stderr.count("\n") == 1
+    assert "already holds checkpoints (latest: step 2)" in again.stderr
+    more = subprocess.run([*base, "--train-iters", "4", "--load", str(tmp_path)], check=False, capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path)
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert "continuing from" in more.stdout and (tmp_path / "ckpt_step000004.pt").is_file()

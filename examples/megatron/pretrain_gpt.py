@@ -4,9 +4,10 @@ Default: a tiny model, 8 CPU processes (gloo), CP = 8, Hamilton, byte-level toke
 library's sources. Run it directly (it launches its own processes) or under torchrun:
 
     python examples/megatron/pretrain_gpt.py
-    python examples/megatron/pretrain_gpt.py --context-parallel-size 4 --world-size 8 --cp-comm-type zigzag
-    torchrun --nproc-per-node 8 examples/megatron/pretrain_gpt.py          # NCCL when GPUs are present
-    python examples/megatron/pretrain_gpt.py --resume tasp_megatron_run/ckpt_step000020.pt
+    python examples/megatron/pretrain_gpt.py --world-size 8 --context-parallel-size 4 --cp-comm-type zigzag
+    python examples/megatron/pretrain_gpt.py --world-size 2 --context-parallel-size 2   # 2 GPUs (NCCL)
+    torchrun --nproc-per-node 2 examples/megatron/pretrain_gpt.py --context-parallel-size 2
+    python examples/megatron/pretrain_gpt.py --load tasp_megatron_run --train-iters 60   # continue a run
     python examples/megatron/pretrain_gpt.py --topology 2x4     # 8 processes as 2 nodes: multi-node Hamilton
 
 Each step every rank builds the same global batch, takes its data-parallel rows and its zigzag
@@ -17,7 +18,6 @@ the data-parallel x context-parallel group, so the loss equals a CP = 1 run on t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -25,42 +25,140 @@ import warnings
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)  # run from a checkout without installing
+
+from tasp_plugin.training.args import (  # noqa: E402  (after the sys.path line above)
+    OneLineErrorParser,
+    add_training_args,
+    apply_config_file,
+    batch_sizes,
+    check_parallel_layout,
+    check_settings,
+    default_seq_length,
+)
+
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "megatron", "tiny_cp8_hamilton.json")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-# command-line flag -> config key; every flag overrides the JSON config when given
-FLAGS = {
-    "world_size": int, "context_parallel_size": int, "cp_comm_type": str, "num_layers": int,
-    "hidden_size": int, "num_attention_heads": int, "num_query_groups": int, "ffn_hidden_size": int,
-    "seq_length": int, "global_batch_size": int, "train_steps": int, "lr": float, "weight_decay": float,
-    "seed": int, "data_path": str, "max_corpus_bytes": int, "save_interval": int, "out_dir": str,
-    "dtype": str, "device": str, "resume": str, "topology": str,
+SEQ_LENGTH_BASE = 256
+# the example's own defaults; DEFAULT_CONFIG sets most of them again, and --config FILE replaces it
+DEFAULTS = {
+    "world_size": 8, "context_parallel_size": 8, "cp_comm_type": "hamilton", "topology": None, "device": "auto",
+    "num_layers": 2, "hidden_size": 64, "ffn_hidden_size": None, "num_attention_heads": 4, "num_query_groups": 2,
+    "seq_length": None, "train_iters": 40, "micro_batch_size": None, "global_batch_size": 4, "lr": 3e-3,
+    "weight_decay": 0.0, "seed": 1234, "data_path": None, "max_corpus_bytes": 4_000_000,
+    "save": "tasp_megatron_run", "load": None, "save_interval": 20,
+}
+DERIVED = {
+    "seq_length": f"{SEQ_LENGTH_BASE} rounded up to a multiple of 2 x CP: 256 for CP 1, 2, 4, 8; 258 for CP 3; "
+                  "260 for CP 5",
+    "ffn_hidden_size": "4 x --hidden-size",
+    "micro_batch_size": "--global-batch-size / data-parallel size",
 }
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineErrorParser(prog="pretrain_gpt.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", metavar="FILE.json", default=DEFAULT_CONFIG,
+                        help="JSON file of settings, keys as the flags with underscores (e.g. seq_length); "
+                             "flags override it; relative paths in it are relative to its directory "
+                             "(default: %(default)s)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                        help="parameter and compute dtype (default: %(default)s)")
+    add_training_args(parser, DEFAULTS, DERIVED)
+    return parser
+
+
+def _given(argv: list[str], name: str) -> bool:
+    return any(a == name or a.startswith(name + "=") for a in argv)
+
+
 def parse_config(argv: list[str] | None = None) -> dict:
-    """The run's settings: the JSON ``--config`` file, overridden by any command-line flags."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help="JSON file of settings (keys as the flags)")
-    for key, kind in FLAGS.items():
-        parser.add_argument("--" + key.replace("_", "-"), type=kind, default=None)
-    args = parser.parse_args(argv)
-    with open(args.config) as f:
-        cfg = {"dtype": "float32", "device": "auto", "resume": None, "topology": None, **json.load(f)}
-    unknown = set(cfg) - set(FLAGS)
-    if unknown:
-        raise ValueError(f"unknown keys {sorted(unknown)} in {args.config}; allowed: {sorted(FLAGS)}")
-    cfg.update({k: v for k, v in vars(args).items() if k in FLAGS and v is not None})
-    if cfg["dtype"] not in DTYPES:
-        raise ValueError(f"dtype {cfg['dtype']!r} is not one of {sorted(DTYPES)}")
-    if cfg["world_size"] % cfg["context_parallel_size"]:
-        raise ValueError(f"world_size {cfg['world_size']} must be a multiple of context_parallel_size "
-                         f"{cfg['context_parallel_size']}")
+    """The run's settings: the JSON ``--config`` file, overridden by any command-line flags, with derived
+    defaults filled in and the parallel layout checked. A bad setting exits with one line (code 2)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=DEFAULT_CONFIG)
+    try:
+        apply_config_file(parser, pre.parse_known_args(argv)[0].config)
+    except ValueError as exc:
+        parser.error(str(exc))
+    cfg = vars(parser.parse_args(argv))
+    from tasp_plugin.training.launch import launched
+
+    if launched():
+        world = int(os.environ["WORLD_SIZE"])
+        if _given(argv, "--world-size") and cfg["world_size"] != world:
+            parser.error(f"--world-size {cfg['world_size']} differs from the launcher's WORLD_SIZE {world}; leave "
+                         "--world-size out under torchrun")
+        cfg["world_size"] = world
+    try:
+        finish_config(cfg)
+    except ValueError as exc:
+        parser.error(str(exc))
     return cfg
+
+
+def finish_config(cfg: dict) -> None:
+    """Fill the derived defaults of ``cfg`` and check it; ``ValueError`` with a one-line message."""
+    cp = cfg["context_parallel_size"]
+    if cfg["seq_length"] is None:
+        cfg["seq_length"] = default_seq_length(SEQ_LENGTH_BASE, max(cp, 1))
+    if cfg["ffn_hidden_size"] is None:
+        cfg["ffn_hidden_size"] = 4 * cfg["hidden_size"]
+    check_parallel_layout(cfg["world_size"], cp, cfg["seq_length"])
+    check_settings(cfg)
+    cfg["micro_batch_size"], cfg["global_batch_size"] = batch_sizes(
+        cfg["micro_batch_size"], cfg["global_batch_size"], cfg["world_size"] // cp)
+
+
+# on top of tasp_plugin.training.checkpoint.FIXED_ON_RESUME (the optimizer state saved with a checkpoint
+# holds its learning rate and weight decay: a changed value would be silently ignored)
+FIXED = ("dtype", "lr", "weight_decay")
+
+
+def run_config(cfg: dict) -> dict:
+    """What a checkpoint records about its run (plain data; ``data`` identifies the corpus)."""
+    return {k: v for k, v in cfg.items() if k not in ("resume", "config")}
+
+
+def plan_run(cfg: dict) -> None:
+    """Decide, before any worker starts, where the run begins: ``cfg["resume"]`` = the checkpoint to continue
+    (``{"path", "step"}``) or None, following Megatron-LM's ``--save``/``--load`` rule, and
+    ``cfg["data"]`` = the corpus's fingerprint. ``ValueError`` (one line) for a run that would overwrite
+    checkpoints or continue one with different settings."""
+    from tasp_plugin.training.checkpoint import (
+        FIXED_ON_RESUME,
+        check_resume,
+        corpus_fingerprint,
+        latest_checkpoint,
+        read_checkpoint,
+        resume_directory,
+    )
+    from tasp_plugin.training.data import load_corpus
+
+    data = load_corpus(cfg["data_path"], cfg["max_corpus_bytes"])
+    if len(data) < cfg["seq_length"] + 1:
+        raise ValueError(f"the corpus has {len(data)} bytes, fewer than --seq-length + 1 = {cfg['seq_length'] + 1}")
+    cfg["data"] = corpus_fingerprint(data, cfg["data_path"])
+    cfg["resume"] = None
+
+    def latest_step(directory: str) -> int | None:
+        found = latest_checkpoint(directory)
+        return found[0] if found else None
+
+    directory = resume_directory(cfg["save"], cfg["load"], latest_step)
+    if directory is not None:
+        found = latest_checkpoint(directory)
+        assert found is not None
+        step, path = found
+        saved = read_checkpoint(path, mmap=True).get("extra", {}).get("run")
+        check_resume(saved, run_config(cfg), FIXED_ON_RESUME + FIXED, step, cfg["train_iters"], directory)
+        cfg["resume"] = {"path": path, "step": step}
 
 
 def build_model(cfg: dict, device: torch.device) -> torch.nn.Module:
@@ -111,30 +209,43 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, tokens:
     return reported.item()
 
 
-def _checkpoint_path(cfg: dict, step: int) -> str:
-    return os.path.join(cfg["out_dir"], f"ckpt_step{step:06d}.pt")
+def _schedule(cfg: dict, groups, device: torch.device) -> str:
+    """The schedule line: what ``planning.resolve`` makes of --cp-comm-type on this CP group's topology."""
+    from tasp_plugin.planning import Topology
+    from tasp_plugin.training.report import describe_schedule
+
+    topology = groups.topology if groups is not None else Topology.uniform(1, cfg["context_parallel_size"])
+    heads, cp = cfg["num_attention_heads"], cfg["context_parallel_size"]
+    shape = (cfg["micro_batch_size"], heads, cfg["num_query_groups"], cfg["seq_length"] // cp,
+             cfg["hidden_size"] // heads)
+    cuda = device.type == "cuda"
+    return describe_schedule(cfg["cp_comm_type"], topology, cuda=cuda, shape=shape,
+                             nbytes=DTYPES[cfg["dtype"]].itemsize,
+                             device_name=torch.cuda.get_device_name(device) if cuda else None)
 
 
 def train(cfg: dict, device: torch.device) -> list[float]:
-    """The training loop on an initialised process group: returns the loss of every step so far."""
+    """The training loop on an initialised process group, for settings from ``parse_config`` and
+    ``plan_run``: returns the loss of every step of the run (the checkpoint's steps included)."""
     from megatron.core import parallel_state as ps
 
     from tasp_plugin.integrations.megatron import initialize_tasp_groups
-    from tasp_plugin.training.checkpoint import load_checkpoint, save_checkpoint
+    from tasp_plugin.training.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
     from tasp_plugin.training.curves import save_loss_curve
     from tasp_plugin.training.data import load_corpus, token_batches
     from tasp_plugin.training.progress import Progress
+    from tasp_plugin.training.report import final_line
 
     ps.initialize_model_parallel(context_parallel_size=cfg["context_parallel_size"],
                                  create_gloo_process_groups=False)
     # per-node and per-rail sub-groups of the CP group ("topology": e.g. "2x4" to emulate two nodes)
-    initialize_tasp_groups(cfg["topology"])
+    groups = initialize_tasp_groups(cfg["topology"])
     rank0 = dist.get_rank() == 0
     model = build_model(cfg, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     start, losses = 0, []
     if cfg["resume"]:
-        state = load_checkpoint(cfg["resume"], model=model, optimizer=optimizer)
+        state = load_checkpoint(cfg["resume"]["path"], model=model, optimizer=optimizer)
         start, losses = state["step"], state["losses"]
     data = load_corpus(cfg["data_path"], cfg["max_corpus_bytes"])
     batches = token_batches(data, cfg["seq_length"], cfg["global_batch_size"], cfg["seed"], start_step=start)
@@ -142,42 +253,39 @@ def train(cfg: dict, device: torch.device) -> list[float]:
         n, cp = dist.get_world_size(), cfg["context_parallel_size"]
         params = sum(p.numel() for p in model.parameters())
         print(f"GPT {params / 1e6:.2f}M params, {cfg['num_layers']} layers | {n} ranks on {device.type} "
-              f"({dist.get_backend()}): CP={cp} ({cfg['cp_comm_type']}), DP={n // cp} | corpus "
-              f"{len(data) / 1e6:.1f} MB, {cfg['global_batch_size']}x{cfg['seq_length']} tokens per step"
-              + (f" | resumed at step {start}" if start else ""), flush=True)
+              f"({dist.get_backend()}): CP={cp}, DP={n // cp} | corpus {len(data) / 1e6:.1f} MB, "
+              f"{cfg['global_batch_size']}x{cfg['seq_length']} tokens per step", flush=True)
+        print(f"schedule: {_schedule(cfg, groups, device)}", flush=True)
+        if cfg["resume"]:
+            print(f"continuing from {cfg['resume']['path']} (step {start})", flush=True)
+        elif cfg["load"]:
+            print(f"no checkpoint in --load {cfg['load']}: starting at step 0", flush=True)
     tokens_per_step = cfg["global_batch_size"] * cfg["seq_length"]
-    with Progress(cfg["train_steps"], start=start, enabled=rank0, desc="pretrain") as progress:
-        for step in range(start + 1, cfg["train_steps"] + 1):
+    last = checkpoint_path(cfg["save"], cfg["train_iters"])
+    with Progress(cfg["train_iters"], start=start, enabled=rank0, desc="pretrain") as progress:
+        for step in range(start + 1, cfg["train_iters"] + 1):
             losses.append(train_step(model, optimizer, next(batches).to(device)))
             progress.update(losses[-1], tokens_per_step)
-            if rank0 and (step % cfg["save_interval"] == 0 or step == cfg["train_steps"]):
-                save_checkpoint(_checkpoint_path(cfg, step), model=model, optimizer=optimizer, step=step,
-                                losses=losses, extra={"config": cfg})
+            if rank0 and (step % cfg["save_interval"] == 0 or step == cfg["train_iters"]):
+                save_checkpoint(checkpoint_path(cfg["save"], step), model=model, optimizer=optimizer, step=step,
+                                losses=losses, extra={"run": run_config(cfg)})
     if rank0 and losses:
-        curve = os.path.join(cfg["out_dir"], "loss.png")
+        curve = os.path.join(cfg["save"], "loss.png")
         save_loss_curve(losses, curve, f"GPT on megatron-core, CP={cfg['context_parallel_size']} "
                                        f"{cfg['cp_comm_type']}")
-        print(f"loss {losses[0]:.3f} -> {losses[-1]:.3f} | curve {curve} | checkpoint "
-              f"{_checkpoint_path(cfg, cfg['train_steps'])}", flush=True)
+        print(final_line(losses, cfg["train_iters"] - start, progress.tokens_per_second, progress.seconds,
+                         curve=curve, checkpoint=last), flush=True)
+    dist.barrier()  # every rank leaves after rank 0 has written the last checkpoint
     ps.destroy_model_parallel()
     return losses
 
 
-def _device(cfg: dict, local_rank: int) -> torch.device:
-    want = cfg["device"]
-    if want == "auto":
-        want = "cuda" if torch.cuda.is_available() and torch.cuda.device_count() > local_rank else "cpu"
-    if want == "cuda":
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    torch.set_num_threads(1)
-    return torch.device("cpu")
-
-
 def _run(cfg: dict) -> None:
+    from tasp_plugin.training.launch import init_process_group, local_device
+
     warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex).*")
-    device = _device(cfg, int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    device = local_device(cfg["device"])  # before any collective: NCCL binds the current GPU
+    init_process_group(device)
     try:
         train(cfg, device)
     finally:
@@ -185,19 +293,30 @@ def _run(cfg: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run under torchrun when launched by it, else spawn ``world_size`` local processes."""
-    cfg = parse_config(argv)
-    from tasp_plugin.training.launch import launched, run_local
+    """Run under torchrun when launched by it, else start ``--world-size`` local processes. Every setting
+    and the checkpoint plan are checked here, before any worker starts."""
+    from tasp_plugin.training.launch import gpus_for_local_ranks, launched, run_local, start_method
 
+    cfg = parse_config(argv)
+    try:
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", cfg["world_size"])) if launched() else cfg["world_size"]
+        gpus_for_local_ranks(cfg["device"], per_node)
+        plan_run(cfg)
+    except ValueError as exc:
+        build_parser().error(str(exc))
+    if cfg["resume"] and cfg["resume"]["step"] == cfg["train_iters"]:
+        if not launched() or os.environ.get("RANK") == "0":
+            print(f"{cfg['resume']['path']} is already at --train-iters {cfg['train_iters']}: nothing to train "
+                  f"(pass a larger --train-iters to continue)", flush=True)
+        return
     if launched():
-        cfg["world_size"] = int(os.environ["WORLD_SIZE"])
         _run(cfg)
         return
     start = time.perf_counter()
-    # fork where the OS has it: the workers inherit the imported megatron-core instead of each spending
-    # seconds re-importing it (this process has run no torch ops or CUDA yet, so forking is safe)
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    method = start_method()
     if method == "fork":
+        # CPU only: the workers inherit the imported megatron-core instead of each spending seconds
+        # re-importing it (this process has run no torch ops, so forking is safe)
         warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex).*")
         import megatron.core.models.gpt  # noqa: F401
 

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from ..costmodel import MACHINES
 from ..planning import DTYPE_BYTES, Algorithm, Topology, link_traffic, resolve
 from ..schedules import ScheduleError, multinode_links, validate_cycles
 from .bench import add_bench_parser
+
+# the flat schedule of n ranks has n - 1 cycles of n ranks and every rank prints n - 1 link volumes, so time,
+# memory and output grow as n^2: n = 1024 takes about 9 s and 240 MB and prints 24 MB; n = 2048 would be 4x that
+MAX_WORLD_SIZE = 1024
+# paths a plan config may hold (resolved relative to the config file's directory)
+CONFIG_PATHS = ("plot",)
 
 
 def _rail(src: int, dst: int, m: int) -> str:
@@ -94,8 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("plan", help="show which ring schedule runs for a CP group, its cycles and link traffic")
     p.add_argument("--config", metavar="FILE.json", default=None,
-                   help="read option defaults from a JSON file (keys as the long options, e.g. world_size)")
-    p.add_argument("--world-size", type=int, help="ranks in the context-parallel group")
+                   help="read option defaults from a JSON file (keys as the long options, e.g. world_size; a "
+                        "relative \"plot\" path is relative to the file's directory)")
+    p.add_argument("--world-size", type=int, help=f"ranks in the context-parallel group (1 to {MAX_WORLD_SIZE})")
     p.add_argument("--gpus-per-node", type=int, help="GPUs per node (default: all on one node)")
     p.add_argument("--seqlen", type=int, help="global sequence length (default 131072)")
     p.add_argument("--heads", type=int, help="attention heads (default 32)")
@@ -103,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head-dim", type=int, help="head dimension (default 128)")
     p.add_argument("--batch", type=int, help="micro-batch size (default 1)")
     p.add_argument("--dtype", choices=sorted(DTYPE_BYTES), help="K/V dtype on the wire")
-    p.add_argument("--plot", metavar="FILE.png", help="draw the cycles to a PNG (needs matplotlib)")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="draw the cycles to a PNG, one panel per cycle (needs matplotlib; up to 32 ranks)")
     p.add_argument("--interconnect", choices=sorted(MACHINES),
                    help="also predict each algorithm's time on this machine with the cost model")
     p.add_argument("--no-causal", dest="causal", action="store_false", help="predict non-causal attention")
@@ -121,7 +130,10 @@ def _apply_config(args: argparse.Namespace) -> None:
     unknown = sorted(set(values) - set(PLAN_DEFAULTS))
     if unknown:
         raise ValueError(f"{args.config}: unknown option(s) {unknown}; valid: {sorted(PLAN_DEFAULTS)}")
+    base = os.path.dirname(os.path.abspath(args.config))
     for key, value in values.items():
+        if key in CONFIG_PATHS and isinstance(value, str):
+            value = os.path.join(base, value)  # an absolute value stays as it is
         if getattr(args, key) == PLAN_DEFAULTS[key]:
             setattr(args, key, value)
 
@@ -137,8 +149,13 @@ def main(argv: list[str] | None = None) -> int:
             _apply_config(args)
         if args.world_size is None:
             raise ValueError("--world-size is required (on the command line or in --config)")
-        if args.world_size < 1:
-            raise ValueError(f"--world-size must be >= 1, got {args.world_size}")
+        if not 1 <= args.world_size <= MAX_WORLD_SIZE:
+            raise ValueError(f"--world-size must be between 1 and {MAX_WORLD_SIZE}, got {args.world_size} (a plan "
+                             f"lists n - 1 cycles of n ranks: time, memory and output grow as n^2)")
+        if args.plot:
+            from .plot import check_plottable
+
+            check_plottable(args.world_size)
         if args.seqlen < 1 or args.heads < 1 or args.head_dim < 1 or args.batch < 1:
             raise ValueError("--seqlen, --heads, --head-dim and --batch must be positive")
         return args.func(args)

@@ -16,7 +16,12 @@ __all__ = ["BlockKernel", "expand_kv_heads", "reduce_kv_heads", "check_block_sha
 
 class BlockKernel(Protocol):
     """``forward`` returns this block's softmax output and LSE; ``backward`` gets the *merged* global out
-    and LSE of the rows involved and returns this block's share of the gradients."""
+    and LSE of the rows involved and returns this block's share of the gradients.
+
+    Non-finite inputs (docs/API.md, "NaN and Inf"; ``MathKernel`` is the definition): a row's LSE is NaN
+    when one of its visible scores is NaN, ``+inf`` (out NaN) for a ``+inf`` score, ``-inf`` (out 0, not
+    NaN) when all its visible scores are ``-inf``, never a finite stand-in such as 0; keys hidden by
+    ``causal`` reach no row. The merge relies on this to propagate NaN and inf across blocks."""
 
     name: str
 

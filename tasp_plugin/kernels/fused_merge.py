@@ -1,7 +1,9 @@
 """The out/LSE merge as one Triton kernel (CUDA, fp32 accumulators): one pass over ``out`` instead of the
-five or so elementwise passes of the PyTorch form, which dominate a step's non-kernel time at short
-sequences. Same formula as ``merge.merge_into``: weight ``sigmoid(block_lse - lse)``, new LSE
-``max + log(1 + exp(-|diff|))``, and rows where both sides are empty stay empty without a NaN."""
+elementwise passes of the PyTorch form, which dominate a step's non-kernel time at short sequences. Same
+formula and non-finite semantics as ``merge.merge_into``'s PyTorch path: ``diff = block_lse - lse``, 0
+where the two are equal (two empty sides, or two ``+inf``); block weight ``sigmoid(diff)``, accumulator
+weight ``sigmoid(-diff)``; new LSE ``max + log(1 + exp(-|diff|))``. NaN propagates (through ``diff`` and
+through ``0 * NaN``), an inf in ``out`` stays inf, and rows where both sides are empty stay empty."""
 
 from __future__ import annotations
 
@@ -36,15 +38,17 @@ if triton is not None:
         tile_ok = row_ok[:, None] & (cols[None, :] < D)
         old = tl.load(lse + b * sl_b + h * sl_h + rows * sl_l, mask=row_ok, other=float("-inf"))
         new = tl.load(blse + b * sbl_b + h * sbl_h + rows * sbl_l, mask=row_ok, other=float("-inf")).to(tl.float32)
-        both_empty = (old == float("-inf")) & (new == float("-inf"))
-        diff = tl.where(both_empty, 0.0, new - old)
+        # equal LSEs (both -inf: empty; both +inf) merge with diff 0, never inf - inf; NaN stays NaN
+        diff = tl.where(old == new, 0.0, new - old)
         weight = tl.sigmoid(diff)
+        keep = tl.sigmoid(-diff)
+        # tl.maximum may drop a NaN; the log term below is NaN then and restores it
         merged = tl.maximum(old, new) + tl.log(1.0 + tl.exp(-tl.abs(diff)))
         o_ptr = out + b * so_b + h * so_h + rows[:, None] * so_l + cols[None, :]
         acc = tl.load(o_ptr, mask=tile_ok, other=0.0)
         blk = tl.load(bout + b * sbo_b + h * sbo_h + rows[:, None] * sbo_l + cols[None, :], mask=tile_ok,
                       other=0.0).to(tl.float32)
-        tl.store(o_ptr, acc + weight[:, None] * (blk - acc), mask=tile_ok)
+        tl.store(o_ptr, acc * keep[:, None] + blk * weight[:, None], mask=tile_ok)
         tl.store(lse + b * sl_b + h * sl_h + rows * sl_l, merged, mask=row_ok)
 
 

@@ -14,18 +14,22 @@ __all__ = ["merge_into", "update_out_and_lse"]
 def merge_into(out: torch.Tensor, lse: torch.Tensor, block_out: torch.Tensor, block_lse: torch.Tensor) -> None:
     """In place: ``out, lse`` <- softmax-weighted combination with a new block (rows ``[B, H, L]``).
 
-    ``out`` is an fp32/fp64 accumulator. The block weight is ``sigmoid(block_lse - lse)`` and the new LSE
-    ``max + log1p(exp(-|diff|))``: no overflow, and a row whose LSE is -inf (no key seen yet) gets weight
-    exactly 0 on its empty side and never a NaN. On CUDA with fp32 accumulators one fused Triton kernel
-    does it (``TASP_FUSED_MERGE=0`` turns that off).
+    ``out`` is an fp32/fp64 accumulator. With ``diff = block_lse - lse`` (0 where the two LSEs are equal,
+    so two empty sides, both ``-inf``, or two ``+inf`` sides give no ``inf - inf``), the block gets weight
+    ``sigmoid(diff)``, the accumulator ``sigmoid(-diff)``, and the new LSE is
+    ``max + log1p(exp(-|diff|))``: no overflow; a row whose LSE is ``-inf`` (no key seen yet) gets weight
+    exactly 0 and never a NaN of its own; an inf in ``out`` (an inf value) stays inf instead of becoming
+    ``inf - inf``. Non-finite results propagate as in attention over the union of the keys: a NaN LSE or
+    a NaN in either ``out`` (a NaN value, even at zero weight, as ``0 * NaN`` in ``P @ V``) makes the row
+    NaN, a ``+inf`` LSE stays ``+inf``. On CUDA with fp32 accumulators one fused Triton kernel does the
+    same (``TASP_FUSED_MERGE=0`` turns that off).
     """
     if fused_merge_available(out) and os.environ.get("TASP_FUSED_MERGE", "1") != "0":
         fused_merge_into(out, lse, block_out, block_lse)
         return
     block_lse = block_lse.to(lse.dtype)
-    both_empty = torch.isneginf(lse) & torch.isneginf(block_lse)
-    diff = torch.where(both_empty, torch.zeros_like(lse), block_lse - lse)
-    out.add_(torch.sigmoid(diff).unsqueeze(-1) * (block_out.to(out.dtype) - out))
+    diff = torch.where(lse == block_lse, 0.0, block_lse - lse)
+    out.mul_(torch.sigmoid(-diff).unsqueeze(-1)).addcmul_(block_out, torch.sigmoid(diff).unsqueeze(-1))
     lse.copy_(torch.maximum(lse, block_lse) + torch.log1p(torch.exp(-diff.abs())))
 
 

@@ -16,6 +16,7 @@ class Progress:
         self.enabled, self.total, self.step, self.print_every = enabled, total, start, max(1, print_every)
         self._bar = None
         self._t0 = time.perf_counter()
+        self.tokens, self.seconds = 0, 0.0  # over the steps run here, for ``tokens_per_second``
         if enabled:
             try:
                 from tqdm import tqdm
@@ -27,6 +28,8 @@ class Progress:
         """Record one finished step that consumed ``tokens`` tokens (globally) at ``loss``."""
         now = time.perf_counter()
         rate = tokens / max(now - self._t0, 1e-9)
+        self.tokens += tokens
+        self.seconds += now - self._t0
         self._t0 = now
         self.step += 1
         if not self.enabled:
@@ -36,6 +39,11 @@ class Progress:
             self._bar.update(1)
         elif self.step % self.print_every == 0 or self.step == self.total:
             print(f"step {self.step}/{self.total}  loss {loss:.4f}  tokens/s {rate:,.0f}", flush=True)
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Mean throughput of the steps recorded so far (0 before the first)."""
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
     def close(self) -> None:
         """Finish the bar (no-op for plain prints)."""
