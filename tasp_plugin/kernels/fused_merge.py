@@ -60,6 +60,9 @@ def fused_merge_into(out: torch.Tensor, lse: torch.Tensor, block_out: torch.Tens
         raise ValueError("fused merge needs a unit stride in the head dimension")
     block_l = 32 if dim > 64 else 64
     grid = (bsz * heads, triton.cdiv(length, block_l))
-    _merge[grid](out, lse, block_out, block_lse, heads, length, dim,
-                 *out.stride()[:3], *lse.stride(), *block_out.stride()[:3], *block_lse.stride(),
-                 BLOCK_L=block_l, BLOCK_D=triton.next_power_of_2(dim))
+    # Triton launches on the current device: make it the tensors' own (a rank may not have called
+    # torch.cuda.set_device; a launch on another GPU with these pointers crashes the process)
+    with torch.cuda.device(out.device):
+        _merge[grid](out, lse, block_out, block_lse, heads, length, dim,
+                     *out.stride()[:3], *lse.stride(), *block_out.stride()[:3], *block_lse.stride(),
+                     BLOCK_L=block_l, BLOCK_D=triton.next_power_of_2(dim))
