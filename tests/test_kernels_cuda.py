@@ -5,7 +5,7 @@ import torch
 
 from tasp_plugin.kernels import CudnnKernel, TorchEfficientKernel, TorchFlashKernel, get_kernel
 
-from .reference import reference_attention
+from .reference import block_kernel_errors, reference_attention
 
 pytestmark = pytest.mark.gpu
 
@@ -20,29 +20,8 @@ def test_cuda_kernel(kernel, dtype, kv_heads, causal, lq, lk, rows_view):
     out are row slices of longer tensors, as the engine passes them for a "back" block."""
     if dtype == torch.float32 and kernel.name != "torch_efficient":
         pytest.skip("cuDNN and flash kernels take only fp16/bf16")
-    torch.manual_seed(0)
-    q = torch.randn(2, lq, 8, 128, dtype=torch.float64, requires_grad=True)
-    k, v = (torch.randn(2, lk, kv_heads, 128, dtype=torch.float64, requires_grad=True) for _ in range(2))
-    dout = torch.randn(2, lq, 8, 128, dtype=torch.float64)
-    ref_out, ref_lse = reference_attention(q, k, v, causal, 0.1)
-    (ref_out * dout).sum().backward()
-    bhsd = [x.detach().transpose(1, 2).to("cuda", dtype).contiguous() for x in (q, k, v)]
-    if rows_view:
-        buf = torch.stack(bhsd[1:]).permute(3, 0, 1, 2, 4).contiguous()
-        bhsd[1:] = [buf[:, 0].permute(1, 2, 0, 3), buf[:, 1].permute(1, 2, 0, 3)]
-    g = dout.transpose(1, 2).to("cuda", dtype)
-    if rows_view:
-        bhsd[0], g = (torch.cat([torch.zeros_like(x), x], dim=2)[:, :, lq:] for x in (bhsd[0], g))
-    out, lse = kernel.forward(*bhsd, causal, 0.1)
-    if rows_view:
-        out = torch.cat([torch.zeros_like(out), out], dim=2)[:, :, lq:]
-    dq, dk, dv = kernel.backward(g, *bhsd, out, lse, causal, 0.1)
-    for name, got, want in [("out", out, ref_out.transpose(1, 2)), ("lse", lse, ref_lse),
-                            ("dq", dq, q.grad.transpose(1, 2)), ("dk", dk, k.grad.transpose(1, 2)),
-                            ("dv", dv, v.grad.transpose(1, 2))]:
-        assert got.shape == want.shape, name
-        err = ((got.double().cpu() - want).abs().max() / want.abs().max()).item()
-        assert err < 3e-2, (name, err)
+    errors = block_kernel_errors(kernel, dtype, kv_heads, causal, lq, lk, rows_view)
+    assert max(errors.values()) < 3e-2, errors
 
 
 def test_auto_picks_cudnn_for_bf16():

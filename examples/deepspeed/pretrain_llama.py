@@ -46,6 +46,7 @@ from tasp_plugin.training.args import (  # noqa: E402  (after the sys.path line 
     check_parallel_layout,
     check_settings,
     default_seq_length,
+    read_json_object,
 )
 
 if TYPE_CHECKING:
@@ -123,26 +124,13 @@ def parse_config(argv: list[str] | None = None) -> dict:
     return cfg
 
 
-def _read_json(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            value = json.load(fh)
-    except OSError as exc:
-        raise ValueError(f"cannot read --deepspeed-config {path}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"--deepspeed-config {path} is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"--deepspeed-config {path}: expected a JSON object")
-    return value
-
-
 def finish_config(cfg: dict) -> None:
     """Merge the flags into the DeepSpeed config (``cfg["ds_config"]``), fill the derived defaults and check
     everything; ``ValueError`` with a one-line message."""
     from tasp_plugin.integrations.deepspeed.config import parse_config as check_ds_config
 
     path = cfg["deepspeed_config"]
-    ds = _read_json(path)
+    ds = read_json_object(path, "--deepspeed-config")
     section = ds.setdefault("context_parallel", {})
     if not isinstance(section, dict):
         raise ValueError(f'--deepspeed-config {path}: "context_parallel" must be an object')
@@ -221,22 +209,10 @@ def plan_run(cfg: dict) -> None:
         FIXED_ON_RESUME,
         check_resume,
         check_safe_to_load,
-        corpus_fingerprint,
-        resume_directory,
+        plan_data_and_resume,
     )
-    from tasp_plugin.training.data import load_corpus
 
-    data = load_corpus(cfg["data_path"], cfg["max_corpus_bytes"])
-    if len(data) < cfg["seq_length"] + 1:
-        raise ValueError(f"the corpus has {len(data)} bytes, fewer than --seq-length + 1 = {cfg['seq_length'] + 1}")
-    cfg["data"] = corpus_fingerprint(data, cfg["data_path"])
-    cfg["resume"] = None
-
-    def latest_step(directory: str) -> int | None:
-        found = latest_tag(directory)
-        return found[0] if found else None
-
-    directory = resume_directory(cfg["save"], cfg["load"], latest_step)
+    directory = plan_data_and_resume(cfg, latest_tag)
     if directory is None:
         return
     found = latest_tag(directory)

@@ -134,24 +134,12 @@ def plan_run(cfg: dict) -> None:
     from tasp_plugin.training.checkpoint import (
         FIXED_ON_RESUME,
         check_resume,
-        corpus_fingerprint,
         latest_checkpoint,
+        plan_data_and_resume,
         read_checkpoint,
-        resume_directory,
     )
-    from tasp_plugin.training.data import load_corpus
 
-    data = load_corpus(cfg["data_path"], cfg["max_corpus_bytes"])
-    if len(data) < cfg["seq_length"] + 1:
-        raise ValueError(f"the corpus has {len(data)} bytes, fewer than --seq-length + 1 = {cfg['seq_length'] + 1}")
-    cfg["data"] = corpus_fingerprint(data, cfg["data_path"])
-    cfg["resume"] = None
-
-    def latest_step(directory: str) -> int | None:
-        found = latest_checkpoint(directory)
-        return found[0] if found else None
-
-    directory = resume_directory(cfg["save"], cfg["load"], latest_step)
+    directory = plan_data_and_resume(cfg, latest_checkpoint)
     if directory is not None:
         found = latest_checkpoint(directory)
         assert found is not None

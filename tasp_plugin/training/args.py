@@ -15,7 +15,8 @@ from ..planning import Algorithm
 from .launch import DEVICES, launched
 
 __all__ = ["CP_COMM_TYPES", "OneLineErrorParser", "add_training_args", "algorithm_of", "apply_config_file",
-           "batch_sizes", "check_parallel_layout", "check_settings", "default_seq_length", "flag"]
+           "batch_sizes", "check_parallel_layout", "check_settings", "default_seq_length", "flag",
+           "read_json_object"]
 
 # Megatron-LM's --cp-comm-type accepts "p2p" (Transformer Engine's zigzag ring); the rest are our algorithms
 CP_COMM_TYPES = (*Algorithm.values(), "p2p")
@@ -108,20 +109,26 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: Mapping[str, An
     parser.set_defaults(**defaults)
 
 
+def read_json_object(path: str, flag: str) -> dict[str, Any]:
+    """The JSON object in the file ``flag`` names; ``ValueError`` (one line, naming the flag) otherwise."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            value = json.load(fh)
+    except OSError as exc:
+        raise ValueError(f"cannot read {flag} {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{flag} {path} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{flag} {path}: expected a JSON object")
+    return value
+
+
 def apply_config_file(parser: argparse.ArgumentParser, path: str) -> dict[str, Any]:
     """Make the settings of a JSON file (keys: the flags' names with underscores, e.g. ``seq_length``) the
     parser's defaults, so the command line still overrides them and ``--help`` shows them. Relative paths in
     the file (``data_path``, ``save``, ``load``) are relative to the file's directory. Returns the values;
     ``ValueError`` naming the key for an unknown key or a value of the wrong kind."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            values = json.load(fh)
-    except OSError as exc:
-        raise ValueError(f"cannot read --config {path}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"--config {path} is not valid JSON: {exc}") from None
-    if not isinstance(values, dict):
-        raise ValueError(f"--config {path}: expected a JSON object of settings")
+    values = read_json_object(path, "--config")
     actions = {a.dest: a for a in parser._actions if a.option_strings and a.dest not in ("help", "config")}
     unknown = sorted(set(values) - set(actions))
     if unknown:

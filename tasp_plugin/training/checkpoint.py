@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 __all__ = ["CHECKPOINT_FILE", "FIXED_ON_RESUME", "check_resume", "check_safe_to_load", "checkpoint_path",
-           "corpus_fingerprint", "latest_checkpoint", "load_checkpoint", "plain", "read_checkpoint",
-           "resume_directory", "rng_state", "save_checkpoint", "set_rng_state"]
+           "corpus_fingerprint", "latest_checkpoint", "load_checkpoint", "plain", "plan_data_and_resume",
+           "read_checkpoint", "resume_directory", "rng_state", "save_checkpoint", "set_rng_state"]
 
 CHECKPOINT_FILE = "ckpt_step{step:06d}.pt"
 _CHECKPOINT_RE = re.compile(r"ckpt_step(\d+)\.pt")
@@ -174,6 +174,22 @@ def resume_directory(save: str, load: str | None, latest_step: Callable[[str], i
         raise ValueError(f"--save {save} already holds checkpoints of another run (latest: step {saved}); choose "
                          f"another --save, or --save {load} to continue in place")
     return load if latest_step(load) is not None else None
+
+
+def plan_data_and_resume(cfg: dict[str, Any], latest: Callable[[str], tuple[int, Any] | None]) -> str | None:
+    """The part of planning a run that both examples share: load and fingerprint the corpus into
+    ``cfg["data"]``, reset ``cfg["resume"]``, and return the directory to continue from by Megatron-LM's
+    ``--save``/``--load`` rule (None: a new run); ``latest(dir)`` is the example's ``(step, where)`` of the
+    newest checkpoint in ``dir``, or None. ``ValueError`` (one line) for a corpus too short for
+    ``--seq-length`` or a run that would overwrite checkpoints."""
+    from .data import load_corpus
+
+    data = load_corpus(cfg["data_path"], cfg["max_corpus_bytes"])
+    if len(data) < cfg["seq_length"] + 1:
+        raise ValueError(f"the corpus has {len(data)} bytes, fewer than --seq-length + 1 = {cfg['seq_length'] + 1}")
+    cfg["data"] = corpus_fingerprint(data, cfg["data_path"])
+    cfg["resume"] = None
+    return resume_directory(cfg["save"], cfg["load"], lambda d: (latest(d) or (None,))[0])
 
 
 def _describe(key: str, value: Any) -> str:
