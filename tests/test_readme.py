@@ -36,3 +36,12 @@ def test_snippet_runs(code, tmp_path):
     script.write_text(code)
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_ci_runs_the_readme_test_command():
+    """`.ci/run` is the README's test command (install, then the suite), with ruff and mypy before the tests."""
+    readme = (ROOT / "README.md").read_text()
+    command = next(line for line in readme.splitlines() if line.endswith("python -m pytest -q"))
+    install, tests = command.split(" && ")
+    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
+    assert ci[-4:] == [install, "ruff check .", "mypy", tests]
