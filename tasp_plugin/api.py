@@ -6,13 +6,14 @@ from __future__ import annotations
 import functools
 import os
 import warnings
+from collections.abc import Hashable
 from typing import Literal, overload
 
 import torch
 import torch.distributed as dist
 
-from .checks import agree_across_ranks, check_call, fingerprint
-from .comm import Communicator, ProcessGroupCommunicator, as_communicator
+from .checks import agree_across_ranks, check_call, fingerprint, gpu_name
+from .comm import Communicator, as_communicator
 from .engine import EngineConfig, RingAttentionFunction
 from .kernels import BACKENDS, get_kernel
 from .planning import Algorithm, Layout, Resolution, Topology, parse_choice, resolve
@@ -20,16 +21,14 @@ from .topology import CPGroups, resolve_topology
 
 __all__ = ["auto_algorithm", "check_options", "context_parallel_attention"]
 
-_warned: set[Communicator | tuple[int, ...]] = set()
+_warned: set[Hashable] = set()
 
 
 def _resolution(comm: Communicator, algorithm: Algorithm, topology: Topology) -> Resolution:
     """``planning.resolve``, warning once per process group where ``hamilton`` has no schedule."""
     res = resolve(algorithm, topology)
-    key = comm if not isinstance(comm, ProcessGroupCommunicator) else (
-        tuple(dist.get_process_group_ranks(comm.group)) if comm.group is not None else ())
-    if res.fell_back and res.requested is Algorithm.HAMILTON and key not in _warned:
-        _warned.add(key)
+    if res.fell_back and res.requested is Algorithm.HAMILTON and comm.key not in _warned:
+        _warned.add(comm.key)
         n = topology.world_size
         warnings.warn(f"algorithm 'hamilton' is falling back to zigzag ring attention on this CP group of {n} "
                       f"ranks, since K_{n} has no Hamiltonian decomposition", stacklevel=3)
@@ -146,7 +145,7 @@ def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     if chosen is Algorithm.AUTO and qh.is_cuda and comm.size > 1:
         # on GPUs "auto" asks the cost model (interconnect: $TASP_INTERCONNECT or the GPU's name)
         chosen = auto_algorithm(topo, (qh.shape[0], qh.shape[1], kh.shape[1], qh.shape[2], qh.shape[3]),
-                                qh.element_size(), causal, torch.cuda.get_device_name(qh.device),
+                                qh.element_size(), options.causal, gpu_name(qh.device.index),
                                 os.environ.get("TASP_INTERCONNECT") or None)
     cfg = EngineConfig.create(schedule=_resolution(comm, chosen, topo).schedule, comm=comm, kernel=kernel,
                               head_dim=qh.shape[-1], causal=options.causal, softmax_scale=options.softmax_scale)

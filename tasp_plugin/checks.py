@@ -9,25 +9,26 @@ new (group, fingerprint), so steady-state training pays nothing, and on every ca
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 
 from .comm import Communicator, ProcessGroupCommunicator
 from .kernels import BACKENDS
 from .planning import Algorithm, Layout, Topology, parse_choice
 from .topology import TOPOLOGY_ENV, gather_objects
 
-__all__ = ["CHECK_ENV", "CallOptions", "agree_across_ranks", "check_call", "env_flag"]
+__all__ = ["CHECK_ENV", "CallOptions", "agree_across_ranks", "check_call", "env_flag", "fingerprint", "gpu_name"]
 
 CHECK_ENV = "TASP_CHECK_SHAPES"
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
-# (group ranks, group object id) -> fingerprints every rank of that group agreed on
-_agreed: dict[tuple[tuple[int, ...], int], set[tuple[tuple[str, str], ...]]] = {}
+# communicator key -> fingerprints every rank of that group agreed on
+_agreed: dict[Hashable, set[tuple[tuple[str, str], ...]]] = {}
 
 
 def env_flag(name: str) -> bool:
@@ -113,10 +114,16 @@ def check_call(q: object, k: object, v: object, *, algorithm: object, causal: ob
     return CallOptions(chosen, dims, causal, scale, backend, return_lse)
 
 
+@functools.cache
+def gpu_name(index: int | None) -> str:
+    """The CUDA device's name (a driver query: asked once per device, not on every call)."""
+    return torch.cuda.get_device_name(index)
+
+
 def fingerprint(options: CallOptions, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 topology: Topology | str | None) -> tuple[tuple[str, str], ...]:
     """What every rank of the group must agree on, as (field, value) strings."""
-    gpu = torch.cuda.get_device_name(q.device) if q.is_cuda else ""
+    gpu = gpu_name(q.device.index) if q.is_cuda else ""
     fields = {
         "q shape": tuple(q.shape), "k shape": tuple(k.shape), "v shape": tuple(v.shape), "dtype": q.dtype,
         "device type": q.device.type, "algorithm": options.algorithm.value, "causal": options.causal,
@@ -126,11 +133,6 @@ def fingerprint(options: CallOptions, q: torch.Tensor, k: torch.Tensor, v: torch
         "$TASP_INTERCONNECT": os.environ.get("TASP_INTERCONNECT", ""), "GPU": gpu,
     }
     return tuple((key, str(value)) for key, value in fields.items())
-
-
-def _group_key(comm: ProcessGroupCommunicator) -> tuple[tuple[int, ...], int]:
-    ranks = tuple(dist.get_process_group_ranks(comm.group)) if comm.group is not None else ()
-    return ranks, id(comm.group)
 
 
 def agree_across_ranks(comm: Communicator, mine: tuple[tuple[str, str], ...] | None,
@@ -144,7 +146,7 @@ def agree_across_ranks(comm: Communicator, mine: tuple[tuple[str, str], ...] | N
     (the others cannot know a check is due), so such a rank-local error is caught only when it shows up on
     the group's first call or with ``TASP_CHECK_SHAPES=1``."""
     if isinstance(comm, ProcessGroupCommunicator) and comm.size > 1:
-        key = _group_key(comm)
+        key = comm.key
         seen = _agreed.get(key)
         every_call = env_flag(CHECK_ENV)
         due = every_call or seen is None or (error is None and mine not in seen)

@@ -5,7 +5,7 @@ group into one, once, at the API boundary; nothing below it looks at group types
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Protocol
 
 import torch
@@ -29,15 +29,25 @@ class Handle(Protocol):
 class Communicator(ABC):
     """One rank of a CP group: ``size``, ``rank`` (group ranks) and ``start`` of one step's transfers."""
 
-    @property
-    @abstractmethod
-    def size(self) -> int:
-        """Ranks in the group."""
+    def __init__(self, size: int, rank: int) -> None:
+        if not 0 <= rank < size:
+            raise ValueError(f"rank {rank} is outside 0..{size - 1}")
+        self._size, self._rank = size, rank
 
     @property
-    @abstractmethod
+    def size(self) -> int:
+        """Ranks in the group."""
+        return self._size
+
+    @property
     def rank(self) -> int:
         """This process's (or thread's) rank in the group."""
+        return self._rank
+
+    @property
+    def key(self) -> Hashable:
+        """What identifies the group across calls (per-group caches and one-time warnings use it)."""
+        return id(self)
 
     @abstractmethod
     def start(self, sends: Transfers, recvs: Transfers) -> list[Handle]:
@@ -68,19 +78,18 @@ class ProcessGroupCommunicator(Communicator):
     """A ``torch.distributed`` process group (``None``: the default group): batched P2P on NCCL or gloo."""
 
     def __init__(self, group: dist.ProcessGroup | None) -> None:
-        self.group = group
-        self._size, self._rank = dist.get_world_size(group), dist.get_rank(group)
-        if self._rank < 0:
+        rank = dist.get_rank(group)
+        if rank < 0:
             raise ValueError(f"this process (global rank {dist.get_rank()}) is not a member of the group passed "
                              "as group=; pass the CP group this rank belongs to")
+        super().__init__(dist.get_world_size(group), rank)
+        self.group = group
 
     @property
-    def size(self) -> int:
-        return self._size
-
-    @property
-    def rank(self) -> int:
-        return self._rank
+    def key(self) -> Hashable:
+        """The group's global ranks and the group object (a group built later over the same ranks is new)."""
+        ranks = tuple(dist.get_process_group_ranks(self.group)) if self.group is not None else ()
+        return ranks, id(self.group)
 
     @property
     def backend(self) -> str:

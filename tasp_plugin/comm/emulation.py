@@ -19,17 +19,7 @@ class EmulatedGroup(Communicator):
     """One rank of a group that lives inside this process (threads, or one rank alone)."""
 
     def __init__(self, world_size: int, rank: int) -> None:
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
-        self._size, self._rank = world_size, rank
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    @property
-    def rank(self) -> int:
-        return self._rank
+        super().__init__(world_size, rank)
 
 
 class _Done:
