@@ -12,11 +12,11 @@ from typing import Literal, overload
 import torch
 import torch.distributed as dist
 
-from .checks import agree_across_ranks, check_call, fingerprint, gpu_name
+from .checks import agree_across_ranks, check_call, check_options, fingerprint, gpu_name
 from .comm import Communicator, as_communicator
 from .engine import EngineConfig, RingAttentionFunction
-from .kernels import BACKENDS, get_kernel
-from .planning import Algorithm, Layout, Resolution, Topology, parse_choice, resolve
+from .kernels import get_kernel
+from .planning import Algorithm, Layout, Resolution, Topology, resolve
 from .topology import CPGroups, resolve_topology
 
 __all__ = ["auto_algorithm", "check_options", "context_parallel_attention"]
@@ -58,17 +58,6 @@ def _topology(comm: Communicator, algorithm: Algorithm, override: Topology | str
     if algorithm not in _NEEDS_TOPOLOGY or comm.size == 1:
         return resolve_topology(override, comm.size) or Topology.uniform(1, comm.size)
     return comm.topology(override)
-
-
-def check_options(layout: str | None = None, algorithm: str | None = None, backend: str | None = None) -> None:
-    """Raise naming the option for an unknown layout, algorithm or backend (None: not given), for modules
-    that take options before they see any tensor."""
-    if layout is not None:
-        parse_choice(Layout, layout, "layout")
-    if algorithm is not None:
-        parse_choice(Algorithm, algorithm, "algorithm")
-    if backend is not None and backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
 
 
 @overload

@@ -3,7 +3,7 @@ every rank that passes it), then, across the CP group, that every rank makes the
 
 The cross-rank check gathers a fingerprint of the call (shapes, exact dtype, options, and everything the
 schedule decision reads: topology override and environment, GPU name). It runs on the first call of each
-new (group, fingerprint), so steady-state training pays nothing, and on every call with
+new (group, fingerprint), so steady-state training runs no extra collective, and on every call with
 ``TASP_CHECK_SHAPES=1``. A rank whose own checks failed takes part with its error, so every rank raises.
 """
 
@@ -22,7 +22,8 @@ from .kernels import BACKENDS
 from .planning import Algorithm, Layout, Topology, parse_choice
 from .topology import TOPOLOGY_ENV, gather_objects
 
-__all__ = ["CHECK_ENV", "CallOptions", "agree_across_ranks", "check_call", "env_flag", "fingerprint", "gpu_name"]
+__all__ = ["CHECK_ENV", "CallOptions", "agree_across_ranks", "check_call", "check_options", "env_flag", "fingerprint",
+           "gpu_name"]
 
 CHECK_ENV = "TASP_CHECK_SHAPES"
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -96,6 +97,17 @@ def _check_tensors(q: object, k: object, v: object, layout: Layout) -> None:
                          f"by 2 * cp_size), got {sq} and {sk}")
 
 
+def check_options(layout: str | None = None, algorithm: str | None = None, backend: str | None = None) -> None:
+    """Raise naming the option for an unknown layout, algorithm or backend (None: not given), for modules
+    that take options before they see any tensor."""
+    if layout is not None:
+        parse_choice(Layout, layout, "layout")
+    if algorithm is not None:
+        parse_choice(Algorithm, algorithm, "algorithm")
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
+
+
 def check_call(q: object, k: object, v: object, *, algorithm: object, causal: object, softmax_scale: object,
                layout: object, backend: object, return_lse: object) -> CallOptions:
     """Every argument of ``context_parallel_attention`` on its own; ``TypeError``/``ValueError`` naming it."""
@@ -106,8 +118,7 @@ def check_call(q: object, k: object, v: object, *, algorithm: object, causal: ob
             raise TypeError(f"{name} must be True or False, got {flag!r}")
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a string, one of {list(BACKENDS)}; got {backend!r}")
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
+    check_options(backend=backend)
     scale = _check_scale(softmax_scale)
     _check_tensors(q, k, v, dims)
     assert isinstance(causal, bool) and isinstance(return_lse, bool)
@@ -129,7 +140,6 @@ def fingerprint(options: CallOptions, q: torch.Tensor, k: torch.Tensor, v: torch
         "device type": q.device.type, "algorithm": options.algorithm.value, "causal": options.causal,
         "softmax_scale": options.softmax_scale, "layout": options.layout.value, "backend": options.backend,
         "topology": topology, f"${TOPOLOGY_ENV}": os.environ.get(TOPOLOGY_ENV, ""),
-        "$LOCAL_WORLD_SIZE": os.environ.get("LOCAL_WORLD_SIZE", ""),
         "$TASP_INTERCONNECT": os.environ.get("TASP_INTERCONNECT", ""), "GPU": gpu,
     }
     return tuple((key, str(value)) for key, value in fields.items())
@@ -143,7 +153,8 @@ def agree_across_ranks(comm: Communicator, mine: tuple[tuple[str, str], ...] | N
 
     Due: with ``TASP_CHECK_SHAPES=1`` on every call; else on the first call over the group and on a new
     fingerprint. A rank that fails its own checks on a group that already agreed raises without gathering
-    (the others cannot know a check is due), so such a rank-local error is caught only when it shows up on
+    (the others cannot know a check is due), and ranks switching to different, each already agreed call
+    shapes gather nothing: such rank-local differences are caught only when they show up on
     the group's first call or with ``TASP_CHECK_SHAPES=1``."""
     if isinstance(comm, ProcessGroupCommunicator) and comm.size > 1:
         key = comm.key

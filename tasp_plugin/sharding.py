@@ -29,8 +29,7 @@ IntSequence = Sequence[int] | torch.Tensor
 
 
 def _check(length: int, cp_size: int) -> None:
-    if cp_size < 1:
-        raise ValueError(f"cp_size must be >= 1, got {cp_size}")
+    _check_cp_size(cp_size)
     if length % (2 * cp_size):
         raise ValueError(f"sequence length {length} must be divisible by 2 * cp_size = {2 * cp_size}")
 

@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 
+from ..training.args import check_seq_length, default_seq_length
 from ..training.launch import DEVICES, launched, run_local
 
 __all__ = ["add_bench_parser", "default_nproc"]
@@ -61,12 +62,8 @@ def _bench(args: argparse.Namespace) -> int:
     if args.iters < 1 or args.warmups < 0 or world < 1:
         raise ValueError("--iters and --nproc must be positive and --warmups >= 0")
     if args.seqlen is None:
-        args.seqlen = -(-SEQLEN_BASE // (2 * world)) * 2 * world
-    if args.seqlen < 1 or args.seqlen % (2 * world):
-        unit = 2 * world
-        low, high = args.seqlen // unit * unit, max(-(-args.seqlen // unit), 1) * unit
-        raise ValueError(f"--seqlen {args.seqlen} is not a multiple of 2 x world size = {unit} (each rank holds two "
-                         f"zigzag blocks); use {f'{low} or ' if low > 0 else ''}{high}")
+        args.seqlen = default_seq_length(SEQLEN_BASE, world)
+    check_seq_length(args.seqlen, world, "--seqlen", "world size")
     if args.kv_heads is not None and (args.kv_heads < 1 or args.heads % args.kv_heads):
         raise ValueError(f"--kv-heads {args.kv_heads} must divide --heads {args.heads}")
     gpus_for_local_ranks(args.device, per_node)

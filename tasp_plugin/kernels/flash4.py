@@ -10,6 +10,7 @@ configuration at first use (about 2 s) and caches it for the process.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -30,6 +31,7 @@ def _interface() -> Any:
     return interface
 
 
+@functools.cache
 def flash_attn4_available() -> bool:
     """Whether ``flash_attn.cute`` imports (FA4 is installed) and a CUDA device of compute capability 9.0+
     (Hopper or newer) is present."""

@@ -3,7 +3,8 @@ at first use, then always run the fastest for that shape (cached for the process
 
 The engine's block shapes repeat every layer and step, so each distinct (phase, dtype, q shape, k shape,
 causal) is timed once: one untimed call per candidate (FA4 compiles then), then ``reps`` timed calls each
-(wall clock between device synchronisations). The winner's last result is returned, so timing computes nothing twice.
+(CUDA events on the current stream; the wall clock on CPU). The winner's last result is returned, so
+timing computes nothing twice.
 """
 
 from __future__ import annotations
@@ -24,9 +25,19 @@ Key = tuple[str, torch.dtype, tuple[int, ...], tuple[int, ...], bool]
 _CHOICES: dict[tuple[tuple[str, ...], Key], str] = {}
 
 
-def _synchronize(cuda: bool) -> None:
-    if cuda:
-        torch.cuda.synchronize()
+def _seconds(run: Callable[[], None], cuda: bool) -> float:
+    """Time ``run``: on CUDA with events on the current stream (transfers on other streams, still in flight
+    inside the engine, neither count nor are waited for), on CPU with the wall clock."""
+    if not cuda:
+        start = time.perf_counter()
+        run()
+        return time.perf_counter() - start
+    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    begin.record()
+    run()
+    end.record()
+    end.synchronize()
+    return begin.elapsed_time(end) / 1e3
 
 
 class MeasuredKernel:
@@ -56,12 +67,12 @@ class MeasuredKernel:
         results: dict[str, Any] = {}
         for kernel in self.candidates:
             call(kernel)  # warm-up (compiles FA4's kernel for this configuration)
-            _synchronize(cuda)
-            start = time.perf_counter()
-            for _ in range(self.reps):
-                results[kernel.name] = call(kernel)
-            _synchronize(cuda)
-            timings[kernel.name] = time.perf_counter() - start
+
+            def timed(kernel: BlockKernel = kernel) -> None:
+                for _ in range(self.reps):
+                    results[kernel.name] = call(kernel)
+
+            timings[kernel.name] = _seconds(timed, cuda)
         best = min(timings, key=lambda name: timings[name])
         _CHOICES[(self._names, key)] = best
         return results[best]

@@ -54,9 +54,9 @@ def _gathered_node_ids(group: dist.ProcessGroup | None) -> list[str | int]:
     errors = sorted({str(x) for _, _, x in ids if isinstance(x, str)})
     if errors:
         raise ValueError("; ".join(errors))
-    if len({x for _, _, x in ids}) > 1:
-        raise ValueError(f"$LOCAL_WORLD_SIZE differs across the ranks of the group: {[x for _, _, x in ids]}")
     same_host = len({host for host, _, _ in ids}) == 1
+    if same_host and len({x for _, _, x in ids}) > 1:  # it decides the nodes only when all hosts look alike
+        raise ValueError(f"$LOCAL_WORLD_SIZE differs across the ranks of the group: {[x for _, _, x in ids]}")
     width = ids[0][2]
     assert isinstance(width, int)
     if same_host and 0 < width < dist.get_world_size():

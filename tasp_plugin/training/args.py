@@ -15,7 +15,7 @@ from ..planning import Algorithm
 from .launch import DEVICES, launched
 
 __all__ = ["CP_COMM_TYPES", "OneLineErrorParser", "add_training_args", "algorithm_of", "apply_config_file",
-           "batch_sizes", "check_parallel_layout", "check_settings", "default_seq_length", "flag",
+           "batch_sizes", "check_parallel_layout", "check_seq_length", "check_settings", "default_seq_length", "flag",
            "read_json_object"]
 
 # Megatron-LM's --cp-comm-type accepts "p2p" (Transformer Engine's zigzag ring); the rest are our algorithms
@@ -172,13 +172,18 @@ def check_parallel_layout(world_size: int, cp: int, seq_length: int) -> None:
         options = f"{below} or {below + cp}" if below else f"{cp}"
         raise ValueError(f"world size {world_size} is not a multiple of --context-parallel-size {cp}; use a "
                          f"world size of {options}, or a CP size that divides {world_size}")
-    if seq_length < 1 or seq_length % (2 * cp):
-        unit = 2 * cp
-        low, high = seq_length // unit * unit, default_seq_length(max(seq_length, 1), cp)
+    check_seq_length(seq_length, cp, "--seq-length", "--context-parallel-size")
+
+
+def check_seq_length(seq_length: int, ranks: int, flag: str, ranks_name: str) -> None:
+    """``ValueError`` (one line, naming the nearest valid lengths) unless ``seq_length`` is a positive
+    multiple of ``2 * ranks`` (each rank holds two equal zigzag blocks)."""
+    if seq_length < 1 or seq_length % (2 * ranks):
+        unit = 2 * ranks
+        low, high = seq_length // unit * unit, default_seq_length(max(seq_length, 1), ranks)
         options = f"{low} or {high}" if low else f"{high}"
-        raise ValueError(f"--seq-length {seq_length} is not a multiple of 2 x --context-parallel-size = {unit} "
-                         f"(each CP rank holds two zigzag blocks); use {options}, or leave --seq-length out "
-                         "to get a valid default")
+        raise ValueError(f"{flag} {seq_length} is not a multiple of 2 x {ranks_name} = {unit} (each rank holds "
+                         f"two zigzag blocks); use {options}, or leave {flag} out to get a valid default")
 
 
 def batch_sizes(micro: int | None, global_: int | None, dp: int) -> tuple[int, int]:

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from .args import flag
+
 __all__ = ["CHECKPOINT_FILE", "FIXED_ON_RESUME", "check_resume", "check_safe_to_load", "checkpoint_path",
            "corpus_fingerprint", "latest_checkpoint", "load_checkpoint", "plain", "plan_data_and_resume",
            "read_checkpoint", "resume_directory", "rng_state", "save_checkpoint", "set_rng_state"]
@@ -214,7 +216,7 @@ def check_resume(saved: Mapping[str, Any] | None, current: Mapping[str, Any], fi
             diffs.append(f"{key} (not recorded in the checkpoint)")
         elif saved[key] != current.get(key):
             here, there = current.get(key), saved[key]
-            name = "--" + key.replace("_", "-")
+            name = flag(key)
             if key == "data":
                 name = "data (--data-path and its content)"
                 if isinstance(here, Mapping) and isinstance(there, Mapping) and here.get("path") == there.get("path"):
