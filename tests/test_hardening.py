@@ -227,3 +227,15 @@ def test_library_gathers_use_the_bound_device_before_set_device():
     from tasp_plugin.training.launch import free_port
 
     mp.spawn(_unset_device_worker, args=(2, free_port()), nprocs=2, join=True)
+
+
+def test_nodes_of_unequal_size_on_several_hosts_are_detected(single_rank_group, monkeypatch):
+    """LOCAL_WORLD_SIZE differs across hosts whose nodes differ in size; the host names decide, no error."""
+    from tasp_plugin.topology import detect
+
+    gathered = [("host-a", 0, 2), ("host-a", 1, 2), ("host-b", 2, 1)]
+    monkeypatch.setattr(detect, "gather_objects", lambda obj, group=None: gathered)
+    assert detect.gathered_node_ids(None) == ["host-a", "host-a", "host-b"]
+    monkeypatch.setattr(detect, "gather_objects", lambda obj, group=None: [("h", 0, 2), ("h", 1, 1)])
+    with pytest.raises(ValueError, match="LOCAL_WORLD_SIZE differs"):
+        detect.gathered_node_ids(None)

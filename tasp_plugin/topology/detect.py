@@ -12,7 +12,7 @@ import torch.distributed as dist
 from ..planning import Topology
 from .gather import gather_objects
 
-__all__ = ["TOPOLOGY_ENV", "detect_topology", "resolve_topology", "world_topology"]
+__all__ = ["TOPOLOGY_ENV", "detect_topology", "gathered_node_ids", "resolve_topology", "world_topology"]
 
 TOPOLOGY_ENV = "TASP_TOPOLOGY"
 _detected: dict[tuple, Topology] = {}
@@ -43,7 +43,7 @@ def local_world_size() -> int:
     return int(raw)
 
 
-def _gathered_node_ids(group: dist.ProcessGroup | None) -> list[str | int]:
+def gathered_node_ids(group: dist.ProcessGroup | None) -> list[str | int]:
     """Per rank of ``group``: its node, from host names (or ``LOCAL_WORLD_SIZE`` if all names are equal).
     Every rank reads its own environment first, then all agree or all raise."""
     try:
@@ -77,7 +77,7 @@ def world_topology(override: Topology | str | None = None) -> Topology:
         return _parse(spec, "topology" if override is not None else f"${TOPOLOGY_ENV}", dist.get_world_size())
     key = ("world", dist.get_world_size())
     if key not in _detected:
-        _detected[key] = Topology.from_node_ids(_gathered_node_ids(None))
+        _detected[key] = Topology.from_node_ids(gathered_node_ids(None))
     return _detected[key]
 
 
@@ -94,7 +94,7 @@ def detect_topology(group: dist.ProcessGroup | None = None, override: Topology |
     # keyed by the group's members (not its id, which a later group may reuse)
     key = tuple(dist.get_process_group_ranks(group)) if group is not None else ("world", n)
     if key not in _detected:
-        _detected[key] = Topology.from_node_ids(_gathered_node_ids(group))
+        _detected[key] = Topology.from_node_ids(gathered_node_ids(group))
     return _detected[key]
 
 
