@@ -12,8 +12,8 @@ from typing import Literal, overload
 import torch
 import torch.distributed as dist
 
-from .checks import agree_across_ranks, check_call, check_options, fingerprint, gpu_name
-from .comm import Communicator, as_communicator
+from .checks import TRANSPORT_ENV, agree_across_ranks, check_call, check_options, fingerprint, gpu_name
+from .comm import Communicator, PeerMemory, as_communicator
 from .engine import EngineConfig, RingAttentionFunction
 from .kernels import get_kernel
 from .planning import Algorithm, Layout, Resolution, Topology, resolve
@@ -58,6 +58,19 @@ def _topology(comm: Communicator, algorithm: Algorithm, override: Topology | str
     if algorithm not in _NEEDS_TOPOLOGY or comm.size == 1:
         return resolve_topology(override, comm.size) or Topology.uniform(1, comm.size)
     return comm.topology(override)
+
+
+def _peer_memory(comm: Communicator, transport: str, topology: Topology, q: torch.Tensor) -> PeerMemory | None:
+    """The group's symmetric memory when K/V travel by copy-engine pulls (``peer_copy``: opt-in, measured no
+    faster than NCCL on 2 H200s, docs/BENCHMARKS.md). Raises, on every rank alike, if the group cannot have
+    it: not an NCCL group of CUDA devices on one node, or no symmetric memory in this torch."""
+    if transport != "peer_copy" or comm.size == 1:
+        return None
+    peer = comm.peer_memory(q.device) if topology.num_nodes == 1 else None
+    if peer is None:
+        raise ValueError(f"${TRANSPORT_ENV}=peer_copy needs an NCCL group on CUDA devices of one node with torch's "
+                         "symmetric memory; use auto, p2p or all_to_all")
+    return peer
 
 
 @overload
@@ -137,7 +150,8 @@ def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
                                 qh.element_size(), options.causal, gpu_name(qh.device.index),
                                 os.environ.get("TASP_INTERCONNECT") or None)
     cfg = EngineConfig.create(schedule=_resolution(comm, chosen, topo).schedule, comm=comm, kernel=kernel,
-                              head_dim=qh.shape[-1], causal=options.causal, softmax_scale=options.softmax_scale)
+                              head_dim=qh.shape[-1], causal=options.causal, softmax_scale=options.softmax_scale,
+                              transport=options.transport, peer=_peer_memory(comm, options.transport, topo, qh))
     out, lse = RingAttentionFunction.apply(qh, kh, vh, cfg)
     inverse = [perm.index(i) for i in range(4)]
     out = out.permute(*inverse)

@@ -17,15 +17,16 @@ from dataclasses import dataclass
 
 import torch
 
-from .comm import Communicator, ProcessGroupCommunicator
+from .comm import TRANSPORTS, Communicator, ProcessGroupCommunicator
 from .kernels import BACKENDS
 from .planning import Algorithm, Layout, Topology, parse_choice
 from .topology import TOPOLOGY_ENV, gather_objects
 
-__all__ = ["CHECK_ENV", "CallOptions", "agree_across_ranks", "check_call", "check_options", "env_flag", "fingerprint",
-           "gpu_name"]
+__all__ = ["CHECK_ENV", "TRANSPORT_ENV", "CallOptions", "agree_across_ranks", "check_call", "check_options",
+           "env_flag", "fingerprint", "gpu_name", "transport_choice"]
 
 CHECK_ENV = "TASP_CHECK_SHAPES"
+TRANSPORT_ENV = "TASP_TRANSPORT"  # one of comm.TRANSPORTS; how K/V and the gradients travel
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 # communicator key -> fingerprints every rank of that group agreed on
@@ -52,6 +53,7 @@ class CallOptions:
     softmax_scale: float | None
     backend: str
     return_lse: bool
+    transport: str = "auto"
 
 
 def _check_scale(softmax_scale: object) -> float | None:
@@ -122,7 +124,15 @@ def check_call(q: object, k: object, v: object, *, algorithm: object, causal: ob
     scale = _check_scale(softmax_scale)
     _check_tensors(q, k, v, dims)
     assert isinstance(causal, bool) and isinstance(return_lse, bool)
-    return CallOptions(chosen, dims, causal, scale, backend, return_lse)
+    return CallOptions(chosen, dims, causal, scale, backend, return_lse, transport_choice())
+
+
+def transport_choice() -> str:
+    """``$TASP_TRANSPORT`` (unset: ``auto``), checked against ``comm.TRANSPORTS``."""
+    raw = os.environ.get(TRANSPORT_ENV, "").strip().lower() or "auto"
+    if raw not in TRANSPORTS:
+        raise ValueError(f"${TRANSPORT_ENV} must be one of {TRANSPORTS}, got {os.environ[TRANSPORT_ENV]!r}")
+    return raw
 
 
 @functools.cache
@@ -140,7 +150,7 @@ def fingerprint(options: CallOptions, q: torch.Tensor, k: torch.Tensor, v: torch
         "device type": q.device.type, "algorithm": options.algorithm.value, "causal": options.causal,
         "softmax_scale": options.softmax_scale, "layout": options.layout.value, "backend": options.backend,
         "topology": topology, f"${TOPOLOGY_ENV}": os.environ.get(TOPOLOGY_ENV, ""),
-        "$TASP_INTERCONNECT": os.environ.get("TASP_INTERCONNECT", ""), "GPU": gpu,
+        "$TASP_INTERCONNECT": os.environ.get("TASP_INTERCONNECT", ""), "transport": options.transport, "GPU": gpu,
     }
     return tuple((key, str(value)) for key, value in fields.items())
 

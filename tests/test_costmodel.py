@@ -1,5 +1,6 @@
 """Cost model: properties of the predictions that a wrong model would break."""
 
+import math
 import subprocess
 import sys
 from dataclasses import replace
@@ -49,12 +50,13 @@ def test_speedup_falls_to_one_as_sequence_grows(interconnect, hamilton):
 
 
 def test_hamilton_beats_ring_on_full_mesh_at_short_sequence_but_not_beyond_n_minus_1():
+    paper = ComputeRates(contention_gbps=math.inf)  # the contention rate was measured on H200s, not MI300X
     for seq in (4096, 8192, 16384):
         problem = replace(MHA, seq_len=seq)
-        assert fwd_speedup(MI300X_MESH, problem, "hamilton_flat", ("ring", "contiguous")) > 4
+        assert fwd_speedup(MI300X_MESH, problem, "hamilton_flat", ("ring", "contiguous"), paper) > 4
         assert fwd_speedup(MI300X_MESH, problem, "hamilton_flat") <= MI300X_MESH.gpus - 1
     ideal = FullMesh(gpus=8, link_gbps=64.0, latency_us=1e-9)
-    free_compute = ComputeRates(fwd_tflops=1e9, call_overhead_us=0)
+    free_compute = ComputeRates(fwd_tflops=1e9, call_overhead_us=0, contention_gbps=math.inf)
     assert fwd_speedup(ideal, MHA, "hamilton_flat", rates=free_compute) == pytest.approx(7.0, rel=1e-3)
 
 
@@ -111,13 +113,14 @@ def test_causal_layout_rule():
     zigzag, ham = (predict(MI300X_MESH, long, a) for a in ("zigzag", "hamilton_flat"))
     assert ring.fwd_s / zigzag.fwd_s == pytest.approx(2.0, rel=0.1)  # contiguous shards: some rank does a full block
     assert len({round(s.compute_s, 9) for s in zigzag.fwd_steps[1:]}) == 1  # zigzag: the same work every step
-    overhead = ComputeRates().call_overhead_us * 1e-6  # step 0 runs its half block as 3 kernel calls, not 1
-    assert zigzag.fwd_steps[0].compute_s == pytest.approx(zigzag.fwd_steps[1].compute_s + 2 * overhead)
+    # step 0's diagonal is one causal call over the local rows: the same work and calls as every other step
+    assert zigzag.fwd_steps[0].compute_s == pytest.approx(zigzag.fwd_steps[1].compute_s)
     assert ham.fwd_steps[1].compute_s > zigzag.fwd_steps[1].compute_s  # two kernel calls per step, not one
     dense = replace(long, causal=False)
     assert (predict(MI300X_MESH, dense, "ring", sharding="contiguous").fwd_s
             == predict(MI300X_MESH, dense, "zigzag").fwd_s)
-    assert predict(MI300X_MESH, dense, "zigzag").fwd_s == pytest.approx(2 * zigzag.fwd_s, rel=0.01)
+    compute = [sum(s.compute_s for s in p.fwd_steps) for p in (predict(MI300X_MESH, dense, "zigzag"), zigzag)]
+    assert compute[0] == pytest.approx(2 * compute[1], rel=0.01)  # twice the work (contention is per byte)
 
 
 def test_timeline_shape_and_backward_traffic():

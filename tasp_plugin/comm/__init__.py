@@ -4,6 +4,8 @@
 from .communicator import Communicator, Handle, ProcessGroupCommunicator, RoutedCommunicator, as_communicator
 from .emulation import EmulatedGroup, LoopbackGroup, ThreadGroup
 from .exchange import TRANSPORTS, RingExchange
+from .peer_memory import PeerMemory, symmetric_memory_available
 
-__all__ = ["TRANSPORTS", "Communicator", "EmulatedGroup", "Handle", "LoopbackGroup", "ProcessGroupCommunicator",
-           "RingExchange", "RoutedCommunicator", "ThreadGroup", "as_communicator"]
+__all__ = ["TRANSPORTS", "Communicator", "EmulatedGroup", "Handle", "LoopbackGroup", "PeerMemory",
+           "ProcessGroupCommunicator", "RingExchange", "RoutedCommunicator", "ThreadGroup", "as_communicator",
+           "symmetric_memory_available"]

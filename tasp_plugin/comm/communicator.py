@@ -13,6 +13,7 @@ import torch.distributed as dist
 
 from ..planning import Topology
 from ..topology import CPGroups, detect_topology, resolve_topology
+from .peer_memory import PeerMemory, symmetric_memory_available
 
 __all__ = ["Communicator", "Handle", "ProcessGroupCommunicator", "RoutedCommunicator", "as_communicator"]
 
@@ -66,6 +67,10 @@ class Communicator(ABC):
                    send_splits: list[int]) -> Handle:
         """One asynchronous all-to-all of flat buffers split per group rank."""
         raise NotImplementedError(f"{type(self).__name__} has no all-to-all")
+
+    def peer_memory(self, device: torch.device) -> PeerMemory | None:
+        """The group's symmetric memory on ``device`` for copy-engine transfers, if it can have one."""
+        return None
 
     @staticmethod
     def wait(handles: Sequence[Handle]) -> None:
@@ -130,6 +135,13 @@ class ProcessGroupCommunicator(Communicator):
     @property
     def supports_all_to_all(self) -> bool:
         return True
+
+    def peer_memory(self, device: torch.device) -> PeerMemory | None:
+        """On an NCCL group over CUDA devices with symmetric memory: the group's ``PeerMemory`` on ``device``,
+        one per group and device for the life of the process (the caller checks that the group shares a node)."""
+        if device.type != "cuda" or "nccl" not in self.backend or not symmetric_memory_available():
+            return None
+        return PeerMemory.of(self.key, self.group, device)
 
     def all_to_all(self, recv: torch.Tensor, send: torch.Tensor, recv_splits: list[int],
                    send_splits: list[int]) -> Handle:

@@ -3,7 +3,8 @@ predecessor. Asynchronous (returns handles) so the caller overlaps it with compu
 
 Two transports: batched point-to-point (any schedule, any communicator), and one all-to-all for schedules
 whose step is a full all-to-all (every rank sends exactly one chunk to every other rank: flat Hamilton) on
-communicators that have one.
+communicators that have one. The third word of ``TRANSPORTS``, ``peer_copy`` (copy-engine pulls from
+symmetric memory), moves whole buffers and lives in ``peer_memory`` and the engine's rotation.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from .communicator import Communicator, Handle
 
 __all__ = ["TRANSPORTS", "RingExchange"]
 
-TRANSPORTS = ("auto", "p2p", "all_to_all")
+# auto: all_to_all where the schedule's steps are all-to-alls and the group has one, else p2p; peer_copy
+# (copy-engine pulls from symmetric memory, one node of CUDA GPUs) only when asked for
+TRANSPORTS = ("auto", "p2p", "all_to_all", "peer_copy")
 
 Pieces = list[list[torch.Tensor]]
 
@@ -45,8 +48,8 @@ class RingExchange:
     successor on cycle ``j`` and receives the predecessor's into same-shaped pieces."""
 
     def __init__(self, schedule: RingSchedule, comm: Communicator, transport: str = "auto") -> None:
-        if transport not in TRANSPORTS:
-            raise ValueError(f"unknown transport {transport!r}; choose one of {TRANSPORTS}")
+        if transport not in TRANSPORTS or transport == "peer_copy":
+            raise ValueError(f"RingExchange sends with {TRANSPORTS[:3]}, got {transport!r}")
         full = _is_all_to_all(schedule, comm.rank) and comm.supports_all_to_all
         if transport == "all_to_all" and not full:
             raise ValueError(f"transport 'all_to_all' needs a communicator with an all-to-all and a schedule whose "

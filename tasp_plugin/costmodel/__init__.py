@@ -10,12 +10,13 @@ from .interconnect import FullMesh, Interconnect, MultiNode, Switch
 from .machines import INTERCONNECT_ENV, MACHINES, interconnect_for
 from .predict import Prediction, StepTime, predict
 from .presets import H100_NVSWITCH, H200_NVSWITCH, MI300X_MESH, h100_nodes
-from .problem import ComputeRates, Problem
+from .problem import KERNEL_RATES, ComputeRates, Problem
 
 __all__ = [
     "H100_NVSWITCH",
     "H200_NVSWITCH",
     "INTERCONNECT_ENV",
+    "KERNEL_RATES",
     "MACHINES",
     "MI300X_MESH",
     "Choice",

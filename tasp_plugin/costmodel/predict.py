@@ -1,7 +1,8 @@
 """Per-step and end-to-end time of ring, zigzag and Hamilton attention: each step is max(compute, transfer).
 
 Step ``s`` (``s = 0 .. n-1``) computes on the chunks held at step ``s`` while the chunks for step ``s + 1`` are
-in flight, so a step lasts the longer of the two; the slowest rank sets the pace. Per step a rank sends its
+in flight, so a step lasts the longer of the two, the compute slowed by the transfer beside it
+(``ComputeRates.contention_gbps``); the slowest rank sets the pace. Per step a rank sends its
 whole local K/V once, split evenly over the schedule's cycles (ring: all of it to one peer; flat Hamilton:
 ``1/(n-1)`` to each of ``n-1`` peers; multi-node Hamilton: ``1/m`` to each of ``m-1`` node peers and one NIC
 peer). The backward also carries the dK/dV accumulators along the same cycles (docs/DESIGN.md, "Backward"):
@@ -33,11 +34,13 @@ class StepTime:
 
     compute_s: float
     comm_s: float
+    contention_s: float = 0.0
 
     @property
     def time_s(self) -> float:
-        """Overlapped step time: the longer of compute and transfer."""
-        return max(self.compute_s, self.comm_s)
+        """Overlapped step time: the longer of the transfer and the compute, which a transfer beside it
+        slows by ``contention_s`` (``ComputeRates.contention_gbps``)."""
+        return max(self.comm_s, self.compute_s + (self.contention_s if self.comm_s > 0 else 0.0))
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,7 @@ def predict(interconnect: Interconnect, problem: Problem, algorithm: Algorithm |
             rates: ComputeRates | None = None, world_size: int | None = None,
             sharding: Sharding | str = Sharding.ZIGZAG) -> Prediction:
     """Predict a concrete ``algorithm``'s forward and backward timeline for ``problem`` on ``world_size``
-    ranks (default: all GPUs of ``interconnect``) with kernel ``rates`` (default: the measured H100 numbers),
+    ranks (default: all GPUs of ``interconnect``) with kernel ``rates`` (default: the measured H200 cuDNN numbers),
     for inputs split by ``sharding``."""
     rates = rates or ComputeRates()
     chosen = parse_choice(Algorithm, algorithm, "algorithm")
@@ -132,6 +135,9 @@ def predict(interconnect: Interconnect, problem: Problem, algorithm: Algorithm |
         bwd_compute = max(w * block * rates.bwd_flop_ratio / (rates.bwd_tflops * 1e12) + calls * overhead
                           for w, calls in work)
         last = s == n - 1
-        fwd.append(StepTime(fwd_compute, 0.0 if last else kv_only))
-        bwd.append(StepTime(bwd_compute, (kv_only if s == 0 else grads_only if last else both)))
+        fwd_bytes = 0.0 if last else kv
+        bwd_bytes = kv if s == 0 else grads if last else kv + grads
+        fwd.append(StepTime(fwd_compute, 0.0 if last else kv_only, fwd_bytes / (rates.contention_gbps * 1e9)))
+        bwd.append(StepTime(bwd_compute, (kv_only if s == 0 else grads_only if last else both),
+                            bwd_bytes / (rates.contention_gbps * 1e9)))
     return Prediction(chosen, split, n, schedule.num_cycles, tuple(fwd), tuple(bwd), grads_only)

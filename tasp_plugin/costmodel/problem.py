@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ComputeRates", "Problem"]
+__all__ = ["KERNEL_RATES", "ComputeRates", "Problem"]
 
 
 @dataclass(frozen=True)
@@ -52,24 +52,36 @@ class Problem:
 
 @dataclass(frozen=True)
 class ComputeRates:
-    """Per-GPU attention kernel rates, the inputs that decide when a step is compute-bound.
+    """Per-GPU attention kernel rates and what running a transfer beside a kernel costs: the inputs that
+    decide when a step is compute-bound.
 
-    ``fwd_tflops``: 630, measured here for cuDNN bf16 forward on one H100 (DESIGN.md, issue 7).
-    ``bwd_flop_ratio``: a flash-style backward runs 5 matmuls (recompute QK^T, dV, dP, dQ, dK) against the
-    forward's 2, so 2.5x the forward FLOPs. ``bwd_tflops``: 450, an assumption (backward kernels run slower
-    than forward: recomputation, dQ accumulation, more memory traffic); replace it with a measurement.
-    ``call_overhead_us``: fixed cost of one block-attention call plus its out/LSE merge (launches, small
-    tails); Hamilton issues two calls per causal step where ring issues one. 5 us is an assumption.
+    ``fwd_tflops`` 609 and ``bwd_tflops`` 545: cuDNN bf16 (through SDPA), causal, measured on one H200 by
+    ``benchmarks/peers.py``'s ideal over 64K tokens (forward 609; forward+backward 562 overall, which with
+    ``bwd_flop_ratio`` 2.5 leaves 545 for the backward). ``bwd_flop_ratio``: a flash-style backward runs 5
+    matmuls (recompute QK^T, dV, dP, dQ, dK) against the forward's 2. ``call_overhead_us``: fixed cost of one
+    block-attention call plus its out/LSE merge (launches, small tails); 5 us is an assumption.
+    ``contention_gbps``: a transfer running beside a step's kernels slows them (NCCL's copies run on SMs,
+    and every copy takes memory bandwidth) by the time it takes to move the step's bytes at this rate, the
+    same per byte whichever link carries them. Measured on 2 H200s (docs/BENCHMARKS.md): a cuDNN forward
+    beside an NCCL send/recv of one rank's K/V lost 0.35 ms per 128 MiB at 8K tokens per GPU (383 GB/s)
+    and 2.6 ms per 512 MiB at 32K (206 GB/s); 280 is the middle (``math.inf``: no contention).
+    ``KERNEL_RATES`` has the FlashAttention-4 numbers.
     """
 
-    fwd_tflops: float = 630.0
-    bwd_tflops: float = 450.0
+    fwd_tflops: float = 609.0
+    bwd_tflops: float = 545.0
     bwd_flop_ratio: float = 2.5
     call_overhead_us: float = 5.0
+    contention_gbps: float = 280.0
 
     def __post_init__(self) -> None:
-        for name in ("fwd_tflops", "bwd_tflops", "bwd_flop_ratio"):
+        for name in ("fwd_tflops", "bwd_tflops", "bwd_flop_ratio", "contention_gbps"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"ComputeRates: {name} must be > 0, got {getattr(self, name)!r}")
         if not self.call_overhead_us >= 0:
             raise ValueError(f"ComputeRates: call_overhead_us must be >= 0, got {self.call_overhead_us!r}")
+
+
+# measured rates per kernel backend (bf16, causal; H200): cuDNN as above, FlashAttention-4 at 8K tokens
+# (forward 675 TFLOP/s, forward+backward 600 overall, so 574 for the backward; docs/BENCHMARKS.md)
+KERNEL_RATES = {"cudnn": ComputeRates(), "flash_attn": ComputeRates(fwd_tflops=675.0, bwd_tflops=574.0)}

@@ -14,10 +14,11 @@ from typing import Any
 
 import torch
 
-from ..comm import Communicator, Handle, RingExchange
+from ..comm import TRANSPORTS, Communicator, Handle, PeerMemory, RingExchange
 from ..kernels import BlockKernel, merge_into
 from ..planning import Sharding, StepPlan, parse_choice, step_plans, sub_chunk_lengths
 from ..schedules import RingSchedule
+from .rotation import P2PRotation, PeerRotation, Rotation
 from .timing import StepHook
 
 __all__ = ["EngineConfig", "RingAttentionFunction", "kv_rows", "run_backward", "run_forward"]
@@ -34,27 +35,48 @@ class EngineConfig:
     scale: float
     kernel: BlockKernel
     hook: StepHook | None = None
+    transport: str = "auto"
+    peer: PeerMemory | None = None
 
     @classmethod
     def create(cls, *, schedule: RingSchedule, comm: Communicator, kernel: BlockKernel, head_dim: int,
                causal: bool = True, sharding: Sharding | str = Sharding.ZIGZAG, softmax_scale: float | None = None,
-               hook: StepHook | None = None) -> EngineConfig:
-        """The one way to build a config; ``softmax_scale`` defaults to ``head_dim ** -0.5``."""
+               hook: StepHook | None = None, transport: str = "auto", peer: PeerMemory | None = None) -> EngineConfig:
+        """The one way to build a config; ``softmax_scale`` defaults to ``head_dim ** -0.5``. ``peer`` (the
+        group's symmetric memory) makes the buffers move by copy-engine pulls; else ``transport`` picks
+        how ``RingExchange`` sends them (``comm.TRANSPORTS``)."""
         if schedule.world_size != comm.size:
             raise ValueError(f"the schedule is for {schedule.world_size} ranks but the group has {comm.size}")
+        if transport not in TRANSPORTS:
+            raise ValueError(f"unknown transport {transport!r}; choose one of {TRANSPORTS}")
+        if transport == "peer_copy" and peer is None:
+            raise ValueError("transport 'peer_copy' needs the group's PeerMemory (peer=)")
+        if peer is not None and transport not in ("auto", "peer_copy"):
+            raise ValueError(f"transport {transport!r} sends with RingExchange; peer= is for 'peer_copy' or 'auto'")
         scale = head_dim ** -0.5 if softmax_scale is None else float(softmax_scale)
         return cls(schedule=schedule, comm=comm, causal=causal, sharding=parse_choice(Sharding, sharding, "sharding"),
-                   scale=scale, kernel=kernel, hook=hook)
+                   scale=scale, kernel=kernel, hook=hook, transport=transport, peer=peer)
 
     @property
     def rank(self) -> int:
         """This rank in the CP group."""
         return self.comm.rank
 
-    def plans(self, seq: int) -> tuple[StepPlan, ...]:
-        """This rank's buffer arrangement and kernel calls for steps ``0 .. n`` (cached per shape)."""
+    def plans(self, seq: int, rank: int | None = None) -> tuple[StepPlan, ...]:
+        """A rank's (default: this one's) buffer arrangement and kernel calls for steps ``0 .. n`` (cached)."""
         lengths = tuple(sub_chunk_lengths(seq // 2, self.schedule.num_cycles))
-        return step_plans(self.schedule, self.rank, self.causal, self.sharding, lengths)
+        return step_plans(self.schedule, self.rank if rank is None else rank, self.causal, self.sharding, lengths)
+
+    def rotation(self, tag: str, seq: int, initial: torch.Tensor | None, shape: torch.Size, dtype: torch.dtype,
+                 device: torch.device) -> Rotation:
+        """How the buffer ``tag`` (``shape``, ``dtype``) moves between steps, starting from ``initial``
+        (None: zeros)."""
+        plans = self.plans(seq)
+        if self.peer is not None:
+            return PeerRotation(self.schedule, self.peer, tag, plans, lambda r: self.plans(seq, r),
+                                (shape, dtype, device), initial)
+        first = initial if initial is not None else torch.zeros(shape, dtype=dtype, device=device)
+        return P2PRotation(RingExchange(self.schedule, self.comm, self.transport), plans, first)
 
     def mark(self, phase: str, point: str, step: int) -> None:
         """Forward a step mark to the timing hook, if any."""
@@ -67,12 +89,7 @@ def _rows_to_bhsd(buf: torch.Tensor, keys: tuple[int, int], which: int) -> torch
     return buf[keys[0]:keys[1], which].permute(1, 2, 0, 3)
 
 
-def _pieces(buf: torch.Tensor, plan: StepPlan) -> list[list[torch.Tensor]]:
-    """Per cycle, the buffer rows of its chunk (front piece, back piece): contiguous, sent as they are."""
-    return [[buf[a:b] for a, b in slot] for slot in plan.slots]
-
-
-def _rotate(cfg: EngineConfig, buf: torch.Tensor, plans: tuple[StepPlan, ...],
+def _rotate(cfg: EngineConfig, kv: torch.Tensor, plans: tuple[StepPlan, ...],
             phase: str) -> Generator[tuple[int, StepPlan, torch.Tensor], None, None]:
     """Yield ``(step, plan, buffer)`` for every step while the next step's chunks are in flight: posts the
     exchange before the caller computes and completes it after (overlap of comm and compute). Incoming
@@ -80,15 +97,15 @@ def _rotate(cfg: EngineConfig, buf: torch.Tensor, plans: tuple[StepPlan, ...],
 
     If the caller fails during a step (close the generator, e.g. with ``contextlib.closing``), the transfers
     already posted are completed first, so the group stays usable for the next call."""
-    exchange = RingExchange(cfg.schedule, cfg.comm)
     n = cfg.schedule.world_size
+    rotation = cfg.rotation("kv", kv.shape[0], kv, kv.shape, kv.dtype, kv.device) if n > 1 else None
+    buf = kv
     for step in range(n):
         cfg.mark(phase, "start", step)
         handles: list[Handle] = []
         incoming = None
-        if step + 1 < n:
-            incoming = torch.empty_like(buf)
-            handles = exchange.start(_pieces(buf, plans[step]), _pieces(incoming, plans[step + 1]))
+        if rotation is not None and step + 1 < n:
+            incoming, handles = rotation.start(step, buf)
         cfg.mark(phase, "posted", step)
         try:
             yield step, plans[step], buf
@@ -97,7 +114,7 @@ def _rotate(cfg: EngineConfig, buf: torch.Tensor, plans: tuple[StepPlan, ...],
             raise
         cfg.mark(phase, "computed", step)
         if incoming is not None:
-            exchange.wait(handles)
+            Communicator.wait(handles)
             buf = incoming
             cfg.mark(phase, "received", step)
 
@@ -116,7 +133,11 @@ def _acc_dtype(x: torch.Tensor) -> torch.dtype:
 def kv_rows(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """K and V ``[B, H, S, D]`` (any strides, e.g. a permuted view of the caller's layout) as one row-major
     ``[S, 2, B, H, D]`` buffer (any row range is contiguous): the one copy K/V take."""
-    return torch.stack([k, v]).permute(3, 0, 1, 2, 4).contiguous()
+    b, h, s, d = k.shape
+    rows = torch.empty((s, 2, b, h, d), dtype=k.dtype, device=k.device)
+    rows[:, 0].copy_(k.permute(2, 0, 1, 3))
+    rows[:, 1].copy_(v.permute(2, 0, 1, 3))
+    return rows
 
 
 def _q_rows(part: str, seq: int) -> slice:
@@ -131,15 +152,22 @@ def run_forward(cfg: EngineConfig, q: torch.Tensor, k: torch.Tensor,
 
 def _forward(cfg: EngineConfig, q: torch.Tensor, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     seq = q.shape[-2]
-    out = torch.zeros(q.shape, dtype=_acc_dtype(q), device=q.device)
-    lse = torch.full(q.shape[:-1], float("-inf"), dtype=_acc_dtype(q), device=q.device)
+    out = lse = None
     with contextlib.closing(_rotate(cfg, kv, cfg.plans(seq), "forward")) as steps:
         for _, plan, buf in steps:
             for block in plan.blocks:
                 rows = _q_rows(block.q_part, seq)
                 b_out, b_lse = cfg.kernel.forward(q[..., rows, :], _rows_to_bhsd(buf, block.keys, 0),
                                                   _rows_to_bhsd(buf, block.keys, 1), block.causal, cfg.scale)
-                merge_into(out[..., rows, :], lse[..., rows], b_out, b_lse)
+                if out is None or lse is None:
+                    # step 0's one block covers every row: it starts the accumulators (what merging it into
+                    # empty ones would give, without the zero fill and the merge pass)
+                    assert block.q_part == "all"
+                    out = torch.empty(q.shape, dtype=_acc_dtype(q), device=q.device).copy_(b_out)
+                    lse = torch.empty(q.shape[:-1], dtype=_acc_dtype(q), device=q.device).copy_(b_lse)
+                else:
+                    merge_into(out[..., rows, :], lse[..., rows], b_out, b_lse)
+    assert out is not None and lse is not None
     return out, lse
 
 
@@ -150,20 +178,19 @@ def run_backward(cfg: EngineConfig, dout: torch.Tensor, q: torch.Tensor, k: torc
     The dK/dV accumulators follow their chunks one hop per step; each hop overlaps the next step's kernel
     calls (their gradients are added once the accumulators have arrived), and a last hop brings them home.
     """
-    dq, dkv = _backward(cfg, dout, q, kv_rows(k, v), out, lse)
-    seq = q.shape[-2]
-    return dq, _rows_to_bhsd(dkv, (0, seq), 0).to(k.dtype), _rows_to_bhsd(dkv, (0, seq), 1).to(v.dtype)
+    return _backward(cfg, dout, q, kv_rows(k, v), out, lse, k.dtype)
 
 
 def _backward(cfg: EngineConfig, dout: torch.Tensor, q: torch.Tensor, kv: torch.Tensor, out: torch.Tensor,
-              lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(dq, dkv)``: dkv in the accumulation dtype and the ``[S, 2, B, H, D]`` row order of ``kv``."""
+              lse: torch.Tensor, kv_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dq, dk, dv)``; dK/dV accumulate in the accumulation dtype in the ``[S, 2, B, H, D]`` row order of
+    ``kv`` and are converted to ``kv_dtype`` (always a copy: the accumulator may be a reused buffer)."""
     seq = q.shape[-2]
     n = cfg.schedule.world_size
     plans = cfg.plans(seq)
-    dq = torch.zeros(q.shape, dtype=_acc_dtype(q), device=q.device)
-    acc = torch.zeros(kv.shape, dtype=_acc_dtype(q), device=q.device)
-    acc_exchange = RingExchange(cfg.schedule, cfg.comm)
+    dq: torch.Tensor | None = None
+    accumulators = cfg.rotation("acc", seq, None, kv.shape, _acc_dtype(q), kv.device) if n > 1 else None
+    acc = accumulators.first if accumulators is not None else kv.new_zeros(kv.shape, dtype=_acc_dtype(q))
     in_flight: list[Handle] = []
     try:
         with contextlib.closing(_rotate(cfg, kv, plans, "backward")) as steps:
@@ -174,22 +201,26 @@ def _backward(cfg: EngineConfig, dout: torch.Tensor, q: torch.Tensor, kv: torch.
                     g_q, g_k, g_v = cfg.kernel.backward(
                         dout[..., rows, :], q[..., rows, :], _rows_to_bhsd(buf, block.keys, 0),
                         _rows_to_bhsd(buf, block.keys, 1), out[..., rows, :], lse[..., rows], block.causal, cfg.scale)
-                    dq[..., rows, :] += g_q
+                    if dq is None:  # step 0's one block covers every row
+                        assert block.q_part == "all"
+                        dq = torch.empty(q.shape, dtype=_acc_dtype(q), device=q.device).copy_(g_q)
+                    else:
+                        dq[..., rows, :] += g_q
                     grads.append((block.keys, g_k, g_v))
-                acc_exchange.wait(in_flight)
+                Communicator.wait(in_flight)
                 in_flight = []
                 for keys, g_k, g_v in grads:
                     _rows_to_bhsd(acc, keys, 0).add_(g_k)
                     _rows_to_bhsd(acc, keys, 1).add_(g_v)
-                if n > 1:
-                    arriving = torch.empty_like(acc)
-                    in_flight = acc_exchange.start(_pieces(acc, plan), _pieces(arriving, plans[step + 1]))
-                    acc = arriving
+                if accumulators is not None:
+                    acc, in_flight = accumulators.start(step, acc)
     except BaseException:
         _drain(in_flight)
         raise
-    acc_exchange.wait(in_flight)
-    return dq.to(q.dtype), acc
+    Communicator.wait(in_flight)
+    dk, dv = (_rows_to_bhsd(acc, (0, seq), i).to(kv_dtype, copy=True) for i in (0, 1))
+    assert dq is not None
+    return dq.to(q.dtype), dk, dv
 
 
 class RingAttentionFunction(torch.autograd.Function):
@@ -215,7 +246,5 @@ class RingAttentionFunction(torch.autograd.Function):
             raise RuntimeError("context-parallel attention is differentiable once: double backward "
                                "(create_graph=True) is not supported")
         q, kv, out, lse = ctx.saved_tensors
-        dq, dkv = _backward(ctx.cfg, dout.contiguous(), q, kv, out, lse)
-        seq = q.shape[-2]
-        dk, dv = (_rows_to_bhsd(dkv, (0, seq), i).to(ctx.kv_dtype) for i in (0, 1))
+        dq, dk, dv = _backward(ctx.cfg, dout.contiguous(), q, kv, out, lse, ctx.kv_dtype)
         return dq, dk, dv, None

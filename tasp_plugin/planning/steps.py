@@ -53,10 +53,10 @@ def _arrangement(step: int, schedule: RingSchedule, rank: int, causal: bool, sha
     backs = [(j, "back") for j in range(c)]
     local_order = fronts + backs
     if step % schedule.world_size == 0:
-        if not causal:
-            return local_order, [("all", 0, 2 * c, False)]
-        # the local rows are two ordered halves of increasing position (both shardings)
-        return local_order, [("front", 0, c, True), ("back", 0, c, False), ("back", c, 2 * c, True)]
+        # the local rows are two halves of increasing position, the front one first (both shardings): the
+        # diagonal block is one causal call over them all (front rows see front keys up to their own, back rows
+        # all front keys and back keys up to their own)
+        return local_order, [("all", 0, 2 * c, causal)]
     if not causal:
         return local_order, [("all", 0, 2 * c, False)]
     sources = [schedule.source(rank, j, step) for j in range(c)]
