@@ -3,7 +3,7 @@
 this GPU) against the ideal = monolithic kernel time / n; (c) the share of that time spent outside the
 attention kernels (merges, copies, launches). Prints tables, writes results.json and PNG plots.
 
-    python benchmarks/engine_gpu.py --out results/ [--budget-s 480] [--quick]
+    python benchmarks/engine_gpu.py --out results/ [--budget-s 480] [--quick | --lengths 8192 --ns 8] [--no-backends]
 """
 
 from __future__ import annotations
@@ -59,11 +59,11 @@ def ideal_seconds(n: int, local: int, kv_heads: int, causal: bool, backward: boo
     return attention_flops(1, HEADS, total, total, HEAD_DIM, causal, backward) / n / rate, how
 
 
-def configs(quick: bool) -> list[tuple]:
-    lengths = (4096, 8192) if quick else (4096, 8192, 16384, 32768, 65536)
+def configs(quick: bool, lengths: list[int] | None = None, ns: list[int] | None = None) -> list[tuple]:
+    lengths = lengths or ([4096, 8192] if quick else [4096, 8192, 16384, 32768, 65536])
     out = []
     for local in lengths:
-        for n in (8, 16, 32):
+        for n in ns or (8, 16, 32):
             if n * local > 1 << 20 and local > 32768:
                 continue
             for kv_heads in ((HEADS, 8) if n == 8 else (HEADS,)):
@@ -73,9 +73,10 @@ def configs(quick: bool) -> list[tuple]:
     return sorted(out, key=lambda c: c[1] * c[2] * c[2])
 
 
-def efficiency_table(budget_s: float, quick: bool) -> tuple[list[dict], list[tuple]]:
+def efficiency_table(budget_s: float, quick: bool, lengths: list[int] | None = None,
+                     ns: list[int] | None = None) -> tuple[list[dict], list[tuple]]:
     rows, skipped, start = [], [], time.time()
-    for algorithm, n, local, kv_heads, causal in configs(quick):
+    for algorithm, n, local, kv_heads, causal in configs(quick, lengths, ns):
         if time.time() - start > budget_s:
             skipped.append((algorithm, n, local, kv_heads, causal))
             continue
@@ -129,6 +130,9 @@ def main() -> None:
     parser.add_argument("--out", default="bench_results")
     parser.add_argument("--budget-s", type=float, default=420.0, help="stop starting efficiency configs after this")
     parser.add_argument("--quick", action="store_true", help="two lengths only")
+    parser.add_argument("--lengths", type=int, nargs="+", help="tokens per GPU (default: 4K to 64K)")
+    parser.add_argument("--ns", type=int, nargs="+", help="emulated group sizes (default: 8 16 32)")
+    parser.add_argument("--no-backends", action="store_true", help="skip the kernel-backend table")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("engine_gpu.py needs a CUDA GPU")
@@ -136,10 +140,11 @@ def main() -> None:
     device = torch.cuda.get_device_name()
     print(f"device: {device}, torch {torch.__version__}, auto backend for bf16 d={HEAD_DIM}: "
           f"{get_kernel('auto', torch.device('cuda'), torch.bfloat16, HEAD_DIM).name}", flush=True)
-    print("(a) kernel backends, one call over 16K tokens, 32 heads x 128, bf16", flush=True)
-    backends = backends_table(16384)
+    if not args.no_backends:
+        print("(a) kernel backends, one call over 16K tokens, 32 heads x 128, bf16", flush=True)
+    backends = [] if args.no_backends else backends_table(16384)
     print("(b, c) per-rank efficiency = (monolithic time / n) / one rank's measured time", flush=True)
-    rows, skipped = efficiency_table(args.budget_s, args.quick)
+    rows, skipped = efficiency_table(args.budget_s, args.quick, args.lengths, args.ns)
     if skipped:
         print(f"skipped (time budget): {skipped}")
     with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as fh:
