@@ -6,17 +6,18 @@ from __future__ import annotations
 import functools
 import os
 import warnings
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from typing import Literal, overload
 
 import torch
 import torch.distributed as dist
 
-from .checks import TRANSPORT_ENV, agree_across_ranks, check_call, check_options, fingerprint, gpu_name
+from .checks import TRANSPORT_ENV, agree_across_ranks, check_call, check_options, check_packed, fingerprint, gpu_name
 from .comm import Communicator, PeerMemory, as_communicator
 from .engine import EngineConfig, RingAttentionFunction
 from .kernels import get_kernel
-from .planning import Algorithm, Layout, Resolution, Topology, resolve
+from .planning import Algorithm, Layout, PackedLayout, Resolution, Topology, resolve
+from .sharding import grouped_local_order
 from .topology import CPGroups, resolve_topology
 
 __all__ = ["auto_algorithm", "check_options", "context_parallel_attention"]
@@ -79,7 +80,8 @@ def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
                                algorithm: Algorithm | str = Algorithm.HAMILTON, causal: bool = True,
                                softmax_scale: float | None = None, layout: Layout | str = Layout.BSHD,
                                backend: str = "auto", return_lse: Literal[False] = False,
-                               topology: Topology | str | None = None) -> torch.Tensor: ...
+                               topology: Topology | str | None = None,
+                               cu_seqlens: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor: ...
 
 
 @overload
@@ -88,7 +90,9 @@ def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
                                algorithm: Algorithm | str = Algorithm.HAMILTON, causal: bool = True,
                                softmax_scale: float | None = None, layout: Layout | str = Layout.BSHD,
                                backend: str = "auto", return_lse: Literal[True],
-                               topology: Topology | str | None = None) -> tuple[torch.Tensor, torch.Tensor]: ...
+                               topology: Topology | str | None = None,
+                               cu_seqlens: Sequence[int] | torch.Tensor | None = None
+                               ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 @overload
@@ -96,7 +100,8 @@ def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
                                group: dist.ProcessGroup | CPGroups | Communicator | None = None,
                                algorithm: Algorithm | str = Algorithm.HAMILTON, causal: bool = True,
                                softmax_scale: float | None = None, layout: Layout | str = Layout.BSHD,
-                               backend: str = "auto", return_lse: bool = False, topology: Topology | str | None = None
+                               backend: str = "auto", return_lse: bool = False, topology: Topology | str | None = None,
+                               cu_seqlens: Sequence[int] | torch.Tensor | None = None
                                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]: ...
 
 
@@ -105,7 +110,8 @@ def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
                                algorithm: Algorithm | str = Algorithm.HAMILTON, causal: bool = True,
                                softmax_scale: float | None = None, layout: Layout | str = Layout.BSHD,
                                backend: str = "auto", return_lse: bool = False,
-                               topology: Topology | str | None = None
+                               topology: Topology | str | None = None,
+                               cu_seqlens: Sequence[int] | torch.Tensor | None = None
                                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention of this rank's local query shard over the whole (sharded) sequence of the CP group.
 
@@ -116,6 +122,11 @@ def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     overrides the detected topology of the group (e.g. ``"2x4"``). Arguments are checked before anything is
     sent, and the ranks check once per group and call shape that they all make the same call
     (``tasp_plugin.checks``; ``TASP_CHECK_SHAPES=1``: on every call).
+
+    Packed documents: ``layout="thd"`` (``[tokens, heads, head_dim]``, this rank's rows in the order of
+    ``sharding.shard_packed``) and ``cu_seqlens``, the global cumulative document lengths (padded: every
+    document a multiple of 2 x CP size; the same on every rank). Attention stays inside each document; the
+    LSE is ``[heads, tokens]``.
     """
     error: Exception | None = None
     mine = None
@@ -133,15 +144,20 @@ def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     if error is None:
         try:
             resolve_topology(topology, comm.size)
-            kernel = get_kernel(options.backend, q.device, q.dtype, q.shape[options.layout.to_bhsd[3]])
-            mine = fingerprint(options, q, k, v, topology)
+            kernel = get_kernel(options.backend, q.device, q.dtype, q.shape[-1])
+            packed = check_packed(options.layout, cu_seqlens, q, comm.size)
+            mine = fingerprint(options, q, k, v, topology, packed)
         except (TypeError, ValueError) as exc:
             error = exc
     # nothing has been sent yet: the ranks fail together here or agree on the call
     agree_across_ranks(comm, mine, error)
     perm = options.layout.to_bhsd
-    qh = q.permute(*perm).contiguous()
-    kh, vh = k.permute(*perm), v.permute(*perm)
+    if packed is not None:  # [1, heads, tokens, dim], rows grouped [front pieces | back pieces]
+        order = _grouped_order(packed, comm.size, q.device)
+        qh, kh, vh = (x.unsqueeze(0).permute(*perm).index_select(2, order) for x in (q, k, v))
+    else:
+        qh = q.permute(*perm).contiguous()
+        kh, vh = k.permute(*perm), v.permute(*perm)
     chosen = options.algorithm
     topo = _topology(comm, chosen, topology)
     if chosen is Algorithm.AUTO and qh.is_cuda and comm.size > 1:
@@ -151,8 +167,23 @@ def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
                                 os.environ.get("TASP_INTERCONNECT") or None)
     cfg = EngineConfig.create(schedule=_resolution(comm, chosen, topo).schedule, comm=comm, kernel=kernel,
                               head_dim=qh.shape[-1], causal=options.causal, softmax_scale=options.softmax_scale,
-                              transport=options.transport, peer=_peer_memory(comm, options.transport, topo, qh))
+                              transport=options.transport, peer=_peer_memory(comm, options.transport, topo, qh),
+                              packed=None if packed is None else PackedLayout.from_cu_seqlens(packed, comm.size))
     out, lse = RingAttentionFunction.apply(qh, kh, vh, cfg)
     inverse = [perm.index(i) for i in range(4)]
-    out = out.permute(*inverse)
+    if packed is not None:
+        back = torch.argsort(order)
+        out, lse = out.index_select(2, back).permute(*inverse)[0], lse.index_select(2, back)[0]
+    else:
+        out = out.permute(*inverse)
     return (out, lse) if options.return_lse else out
+
+
+@functools.lru_cache(maxsize=64)
+def _grouped_order_cached(cu: tuple[int, ...], cp_size: int, device: torch.device) -> torch.Tensor:
+    return grouped_local_order(cu, cp_size, device)
+
+
+def _grouped_order(cu: tuple[int, ...], cp_size: int, device: torch.device) -> torch.Tensor:
+    """The engine's row order of this rank's packed rows (cached per documents and device)."""
+    return _grouped_order_cached(cu, cp_size, device)

@@ -10,6 +10,7 @@ new (group, fingerprint), so steady-state training runs no extra collective, and
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import os
 from collections.abc import Hashable
@@ -20,10 +21,11 @@ import torch
 from .comm import TRANSPORTS, Communicator, ProcessGroupCommunicator
 from .kernels import BACKENDS
 from .planning import Algorithm, Layout, Topology, parse_choice
+from .sharding import check_cu_seqlens
 from .topology import TOPOLOGY_ENV, gather_objects
 
 __all__ = ["CHECK_ENV", "TRANSPORT_ENV", "CallOptions", "agree_across_ranks", "check_call", "check_options",
-           "env_flag", "fingerprint", "gpu_name", "transport_choice"]
+           "check_packed", "env_flag", "fingerprint", "gpu_name", "transport_choice"]
 
 CHECK_ENV = "TASP_CHECK_SHAPES"
 TRANSPORT_ENV = "TASP_TRANSPORT"  # one of comm.TRANSPORTS; how K/V and the gradients travel
@@ -70,9 +72,9 @@ def _check_tensors(q: object, k: object, v: object, layout: Layout) -> None:
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise TypeError(f"{name} must be 4-D in layout {layout.value!r} ({layout.meaning}), got shape "
-                             f"{tuple(t.shape)}")
+        if t.dim() != layout.ndim:
+            raise TypeError(f"{name} must be {layout.ndim}-D in layout {layout.value!r} ({layout.meaning}), got "
+                            f"shape {tuple(t.shape)}")
         if t.dtype not in _FLOATS:
             raise TypeError(f"{name} has dtype {t.dtype}; attention takes float16, bfloat16, float32 or float64")
     assert isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)
@@ -83,7 +85,8 @@ def _check_tensors(q: object, k: object, v: object, layout: Layout) -> None:
     if k.shape != v.shape:
         raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} must have the same shape")
     perm = layout.to_bhsd
-    (bq, hq, sq, dq), (bk, hk, sk, dk) = ([t.shape[i] for i in perm] for t in (q, k))
+    (bq, hq, sq, dq), (bk, hk, sk, dk) = ([((1, *t.shape) if layout.ndim == 3 else t.shape)[i] for i in perm]
+                                          for t in (q, k))
     if hq < 1 or hk < 1:
         raise ValueError(f"q and k/v need at least one head, got {hq} query and {hk} key/value heads")
     if dq < 1:
@@ -135,6 +138,26 @@ def transport_choice() -> str:
     return raw
 
 
+def check_packed(layout: Layout, cu_seqlens: object, q: torch.Tensor, cp_size: int) -> tuple[int, ...] | None:
+    """``cu_seqlens`` checked against the layout and this rank's tokens (``thd`` and ``cu_seqlens`` go
+    together; the documents must fill ``cp_size`` times the local tokens): the global padded cumulative
+    lengths as a tuple, or None for an unpacked call."""
+    if cu_seqlens is None:
+        if layout is Layout.THD:
+            raise ValueError("layout 'thd' (packed documents) needs cu_seqlens, the global cumulative document "
+                             "lengths")
+        return None
+    if layout is not Layout.THD:
+        raise ValueError(f"cu_seqlens (packed documents) needs layout 'thd' ([tokens, heads, head_dim]), got "
+                         f"{layout.value!r}")
+    if isinstance(cu_seqlens, torch.Tensor) and cu_seqlens.is_floating_point():
+        raise TypeError(f"cu_seqlens must hold integers, got dtype {cu_seqlens.dtype}")
+    if not isinstance(cu_seqlens, (torch.Tensor, list, tuple)):
+        raise TypeError(f"cu_seqlens must be a 1-D integer tensor or a sequence of ints, got "
+                        f"{type(cu_seqlens).__name__}")
+    return tuple(check_cu_seqlens(cu_seqlens, cp_size, total=q.shape[0] * cp_size))
+
+
 @functools.cache
 def gpu_name(index: int | None) -> str:
     """The CUDA device's name (a driver query: asked once per device, not on every call)."""
@@ -142,7 +165,8 @@ def gpu_name(index: int | None) -> str:
 
 
 def fingerprint(options: CallOptions, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                topology: Topology | str | None) -> tuple[tuple[str, str], ...]:
+                topology: Topology | str | None,
+                cu_seqlens: tuple[int, ...] | None = None) -> tuple[tuple[str, str], ...]:
     """What every rank of the group must agree on, as (field, value) strings."""
     gpu = gpu_name(q.device.index) if q.is_cuda else ""
     fields = {
@@ -151,6 +175,7 @@ def fingerprint(options: CallOptions, q: torch.Tensor, k: torch.Tensor, v: torch
         "softmax_scale": options.softmax_scale, "layout": options.layout.value, "backend": options.backend,
         "topology": topology, f"${TOPOLOGY_ENV}": os.environ.get(TOPOLOGY_ENV, ""),
         "$TASP_INTERCONNECT": os.environ.get("TASP_INTERCONNECT", ""), "transport": options.transport, "GPU": gpu,
+        "cu_seqlens": None if cu_seqlens is None else hashlib.sha1(repr(cu_seqlens).encode()).hexdigest(),
     }
     return tuple((key, str(value)) for key, value in fields.items())
 

@@ -16,6 +16,7 @@ import torch
 __all__ = [
     "check_cu_seqlens",
     "cu_seqlens_of",
+    "grouped_local_order",
     "local_cu_seqlens",
     "packed_shard_indices",
     "padded_document_lengths",
@@ -161,6 +162,19 @@ def packed_shard_indices(
     if not 0 <= cp_rank < cp_size:
         raise ValueError(f"cp_rank {cp_rank} is outside 0..{cp_size - 1}")
     return _shard_indices(cu, cp_rank, cp_size, device)
+
+
+def grouped_local_order(cu_seqlens: IntSequence, cp_size: int, device: torch.device | None = None) -> torch.Tensor:
+    """The engine's row order for a rank's packed shard: ``[front piece of each document | back piece of each
+    document]``; entry ``i`` is the local (Megatron THD order) row that goes to position ``i``."""
+    cu = check_cu_seqlens(cu_seqlens, cp_size)
+    starts, fronts, backs = 0, [], []
+    for a, b in zip(cu[:-1], cu[1:], strict=True):
+        h = (b - a) // (2 * cp_size)
+        fronts.append(torch.arange(starts, starts + h, dtype=torch.int64, device=device))
+        backs.append(torch.arange(starts + h, starts + 2 * h, dtype=torch.int64, device=device))
+        starts += 2 * h
+    return torch.cat(fronts + backs)
 
 
 def shard_packed(x: torch.Tensor, cu_seqlens: IntSequence, cp_rank: int, cp_size: int, seq_dim: int) -> torch.Tensor:

@@ -10,13 +10,22 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from ..comm import TRANSPORTS, Communicator, Handle, PeerMemory, RingExchange
-from ..kernels import BlockKernel, merge_into
-from ..planning import Sharding, StepPlan, parse_choice, step_plans, sub_chunk_lengths
+from ..kernels import BlockKernel, merge_into, varlen_backward, varlen_forward
+from ..planning import (
+    PackedLayout,
+    Sharding,
+    StepPlan,
+    VarlenBlock,
+    parse_choice,
+    step_plans,
+    sub_chunk_lengths,
+    varlen_blocks,
+)
 from ..schedules import RingSchedule
 from .rotation import P2PRotation, PeerRotation, Rotation
 from .timing import StepHook
@@ -37,14 +46,17 @@ class EngineConfig:
     hook: StepHook | None = None
     transport: str = "auto"
     peer: PeerMemory | None = None
+    packed: PackedLayout | None = None
 
     @classmethod
     def create(cls, *, schedule: RingSchedule, comm: Communicator, kernel: BlockKernel, head_dim: int,
                causal: bool = True, sharding: Sharding | str = Sharding.ZIGZAG, softmax_scale: float | None = None,
-               hook: StepHook | None = None, transport: str = "auto", peer: PeerMemory | None = None) -> EngineConfig:
+               hook: StepHook | None = None, transport: str = "auto", peer: PeerMemory | None = None,
+               packed: PackedLayout | None = None) -> EngineConfig:
         """The one way to build a config; ``softmax_scale`` defaults to ``head_dim ** -0.5``. ``peer`` (the
         group's symmetric memory) makes the buffers move by copy-engine pulls; else ``transport`` picks
-        how ``RingExchange`` sends them (``comm.TRANSPORTS``)."""
+        how ``RingExchange`` sends them (``comm.TRANSPORTS``). ``packed``: the local rows are packed
+        documents, grouped ``[front pieces | back pieces]`` (``planning.packed``); zigzag sharding only."""
         if schedule.world_size != comm.size:
             raise ValueError(f"the schedule is for {schedule.world_size} ranks but the group has {comm.size}")
         if transport not in TRANSPORTS:
@@ -53,9 +65,12 @@ class EngineConfig:
             raise ValueError("transport 'peer_copy' needs the group's PeerMemory (peer=)")
         if peer is not None and transport not in ("auto", "peer_copy"):
             raise ValueError(f"transport {transport!r} sends with RingExchange; peer= is for 'peer_copy' or 'auto'")
+        split = parse_choice(Sharding, sharding, "sharding")
+        if packed is not None and split is not Sharding.ZIGZAG:
+            raise ValueError("packed documents are sharded per document in zigzag order: sharding must be 'zigzag'")
         scale = head_dim ** -0.5 if softmax_scale is None else float(softmax_scale)
-        return cls(schedule=schedule, comm=comm, causal=causal, sharding=parse_choice(Sharding, sharding, "sharding"),
-                   scale=scale, kernel=kernel, hook=hook, transport=transport, peer=peer)
+        return cls(schedule=schedule, comm=comm, causal=causal, sharding=split, scale=scale, kernel=kernel, hook=hook,
+                   transport=transport, peer=peer, packed=packed)
 
     @property
     def rank(self) -> int:
@@ -66,6 +81,20 @@ class EngineConfig:
         """A rank's (default: this one's) buffer arrangement and kernel calls for steps ``0 .. n`` (cached)."""
         lengths = tuple(sub_chunk_lengths(seq // 2, self.schedule.num_cycles))
         return step_plans(self.schedule, self.rank if rank is None else rank, self.causal, self.sharding, lengths)
+
+    def calls(self, seq: int, step: int, plan: StepPlan) -> list[Call]:
+        """Step ``step``'s kernel calls: ``(query rows, buffer key rows, causal, documents)``, documents being
+        ``(cu_q, cu_k)`` of a varlen call over packed documents, or None."""
+        if self.packed is None:
+            return [Call(_q_rows(b.q_part, seq), b.keys, b.causal, None) for b in plan.blocks]
+        if 2 * self.packed.half != seq:
+            raise ValueError(f"the packed documents have {2 * self.packed.half} local rows, the tensors {seq}")
+        lengths = tuple(sub_chunk_lengths(seq // 2, self.schedule.num_cycles))
+        blocks: tuple[VarlenBlock, ...] = varlen_blocks(self.schedule, self.rank, self.causal, lengths,
+                                                        self.packed)[step]
+        half = seq // 2
+        return [Call(slice(0, half) if b.q_half == "front" else slice(half, seq), b.keys, b.causal,
+                     (self.packed.cu, b.cu_k)) for b in blocks]
 
     def rotation(self, tag: str, seq: int, initial: torch.Tensor | None, shape: torch.Size, dtype: torch.dtype,
                  device: torch.device) -> Rotation:
@@ -82,6 +111,34 @@ class EngineConfig:
         """Forward a step mark to the timing hook, if any."""
         if self.hook is not None:
             self.hook.mark(phase, point, step)
+
+
+class Call(NamedTuple):
+    """One kernel call of a step: local query ``rows``, buffer ``keys``, ``causal``, and for packed
+    documents their cumulative query and key counts (``docs``; None: one dense call)."""
+
+    rows: slice
+    keys: tuple[int, int]
+    causal: bool
+    docs: tuple[tuple[int, ...], tuple[int, ...]] | None
+
+
+def _block_forward(cfg: EngineConfig, call: Call, q: torch.Tensor,
+                   buf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    qb, kb, vb = q[..., call.rows, :], _rows_to_bhsd(buf, call.keys, 0), _rows_to_bhsd(buf, call.keys, 1)
+    if call.docs is None:
+        return cfg.kernel.forward(qb, kb, vb, call.causal, cfg.scale)
+    return varlen_forward(cfg.kernel, qb, kb, vb, *call.docs, call.causal, cfg.scale)
+
+
+def _block_backward(cfg: EngineConfig, call: Call, dout: torch.Tensor, q: torch.Tensor, buf: torch.Tensor,
+                    out: torch.Tensor, lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r = call.rows
+    args = (dout[..., r, :], q[..., r, :], _rows_to_bhsd(buf, call.keys, 0), _rows_to_bhsd(buf, call.keys, 1),
+            out[..., r, :], lse[..., r])
+    if call.docs is None:
+        return cfg.kernel.backward(*args, call.causal, cfg.scale)
+    return varlen_backward(cfg.kernel, *args, *call.docs, call.causal, cfg.scale)
 
 
 def _rows_to_bhsd(buf: torch.Tensor, keys: tuple[int, int], which: int) -> torch.Tensor:
@@ -154,19 +211,19 @@ def _forward(cfg: EngineConfig, q: torch.Tensor, kv: torch.Tensor) -> tuple[torc
     seq = q.shape[-2]
     out = lse = None
     with contextlib.closing(_rotate(cfg, kv, cfg.plans(seq), "forward")) as steps:
-        for _, plan, buf in steps:
-            for block in plan.blocks:
-                rows = _q_rows(block.q_part, seq)
-                b_out, b_lse = cfg.kernel.forward(q[..., rows, :], _rows_to_bhsd(buf, block.keys, 0),
-                                                  _rows_to_bhsd(buf, block.keys, 1), block.causal, cfg.scale)
+        for step, plan, buf in steps:
+            for call in cfg.calls(seq, step, plan):
+                b_out, b_lse = _block_forward(cfg, call, q, buf)
                 if out is None or lse is None:
-                    # step 0's one block covers every row: it starts the accumulators (what merging it into
-                    # empty ones would give, without the zero fill and the merge pass)
-                    assert block.q_part == "all"
-                    out = torch.empty(q.shape, dtype=_acc_dtype(q), device=q.device).copy_(b_out)
-                    lse = torch.empty(q.shape[:-1], dtype=_acc_dtype(q), device=q.device).copy_(b_lse)
-                else:
-                    merge_into(out[..., rows, :], lse[..., rows], b_out, b_lse)
+                    if call.rows == slice(0, seq):
+                        # the first call covers every row: it starts the accumulators (what merging it into
+                        # empty ones would give, without the zero fill and the merge pass)
+                        out = torch.empty(q.shape, dtype=_acc_dtype(q), device=q.device).copy_(b_out)
+                        lse = torch.empty(q.shape[:-1], dtype=_acc_dtype(q), device=q.device).copy_(b_lse)
+                        continue
+                    out = torch.zeros(q.shape, dtype=_acc_dtype(q), device=q.device)
+                    lse = torch.full(q.shape[:-1], float("-inf"), dtype=_acc_dtype(q), device=q.device)
+                merge_into(out[..., call.rows, :], lse[..., call.rows], b_out, b_lse)
     assert out is not None and lse is not None
     return out, lse
 
@@ -196,17 +253,15 @@ def _backward(cfg: EngineConfig, dout: torch.Tensor, q: torch.Tensor, kv: torch.
         with contextlib.closing(_rotate(cfg, kv, plans, "backward")) as steps:
             for step, plan, buf in steps:
                 grads = []
-                for block in plan.blocks:
-                    rows = _q_rows(block.q_part, seq)
-                    g_q, g_k, g_v = cfg.kernel.backward(
-                        dout[..., rows, :], q[..., rows, :], _rows_to_bhsd(buf, block.keys, 0),
-                        _rows_to_bhsd(buf, block.keys, 1), out[..., rows, :], lse[..., rows], block.causal, cfg.scale)
-                    if dq is None:  # step 0's one block covers every row
-                        assert block.q_part == "all"
+                for call in cfg.calls(seq, step, plan):
+                    g_q, g_k, g_v = _block_backward(cfg, call, dout, q, buf, out, lse)
+                    if dq is None and call.rows == slice(0, seq):  # the first call covers every row
                         dq = torch.empty(q.shape, dtype=_acc_dtype(q), device=q.device).copy_(g_q)
                     else:
-                        dq[..., rows, :] += g_q
-                    grads.append((block.keys, g_k, g_v))
+                        if dq is None:
+                            dq = torch.zeros(q.shape, dtype=_acc_dtype(q), device=q.device)
+                        dq[..., call.rows, :] += g_q
+                    grads.append((call.keys, g_k, g_v))
                 Communicator.wait(in_flight)
                 in_flight = []
                 for keys, g_k, g_v in grads:

@@ -13,10 +13,11 @@ from .flash4 import FlashAttn4Kernel, flash_attn4_available
 from .math_kernel import MathKernel
 from .measured import MeasuredKernel
 from .merge import merge_into, update_out_and_lse
+from .varlen import varlen_backward, varlen_forward
 
 __all__ = ["BACKENDS", "BlockKernel", "CpuFlashKernel", "CudnnKernel", "FlashAttn4Kernel", "MathKernel",
            "MeasuredKernel", "TorchEfficientKernel", "TorchFlashKernel", "auto_cuda_backend", "expand_kv_heads",
-           "get_kernel", "merge_into", "update_out_and_lse"]
+           "get_kernel", "merge_into", "update_out_and_lse", "varlen_backward", "varlen_forward"]
 
 BACKENDS = ("auto", "cpu", "cudnn", "flash_attn", "torch_flash", "torch_efficient", "math")
 _CUDA: dict[str, Callable[[], BlockKernel]] = {"cudnn": CudnnKernel, "torch_flash": TorchFlashKernel,

@@ -2,9 +2,10 @@
 
 The vocabulary (``Algorithm``, ``Sharding``, ``Layout``), the ``Topology`` value type, ``resolve`` (the one
 place an algorithm name becomes a schedule), the per-step plans the engine runs and the cost model counts,
-and the bytes each step puts on each link.
+the varlen calls of packed documents, and the bytes each step puts on each link.
 """
 
+from .packed import PackedLayout, VarlenBlock, varlen_blocks
 from .resolve import Resolution, resolve
 from .steps import Block, StepPlan, plan_step, step_plans, step_work, sub_chunk_lengths
 from .topology import Topology
@@ -17,10 +18,12 @@ __all__ = [
     "Block",
     "Layout",
     "LinkTraffic",
+    "PackedLayout",
     "Resolution",
     "Sharding",
     "StepPlan",
     "Topology",
+    "VarlenBlock",
     "link_traffic",
     "parse_choice",
     "plan_step",
@@ -29,4 +32,5 @@ __all__ = [
     "step_sends",
     "step_work",
     "sub_chunk_lengths",
+    "varlen_blocks",
 ]

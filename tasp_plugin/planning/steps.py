@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from ..schedules import RingSchedule
 from .vocabulary import Sharding
 
-__all__ = ["Block", "StepPlan", "plan_step", "step_plans", "step_work", "sub_chunk_lengths"]
+__all__ = ["Block", "StepPlan", "arrangement", "plan_step", "step_plans", "step_work", "sub_chunk_lengths"]
 
 Piece = tuple[int, str]  # (chunk, "front" | "back")
 Span = tuple[str, int, int, bool]  # (q_part, first piece, end piece, causal)
@@ -46,7 +46,7 @@ def sub_chunk_lengths(half: int, c: int) -> list[int]:
     return [bounds[i + 1] - bounds[i] for i in range(c)]
 
 
-def _arrangement(step: int, schedule: RingSchedule, rank: int, causal: bool, sharding: Sharding,
+def arrangement(step: int, schedule: RingSchedule, rank: int, causal: bool, sharding: Sharding,
                  c: int) -> tuple[list[Piece], list[Span]]:
     """The buffer's piece order and the blocks as ``(q_part, first piece, end piece, causal)``."""
     fronts = [(j, "front") for j in range(c)]
@@ -77,7 +77,7 @@ def plan_step(schedule: RingSchedule, rank: int, step: int, causal: bool, shardi
     """Buffer arrangement and blocks of ``rank`` at ``step`` (``step == n`` is home), for sub-chunk ``lengths``."""
     c = schedule.num_cycles
     # Sharding(...) looks a member up by value; mypy checks it against _Choice.__new__ (python/mypy#10573)
-    order, spans = _arrangement(step, schedule, rank, causal, Sharding(sharding), c)  # type: ignore[call-arg]
+    order, spans = arrangement(step, schedule, rank, causal, Sharding(sharding), c)  # type: ignore[call-arg]
     starts: list[int] = []
     offset = 0
     for j, _ in order:

@@ -85,8 +85,15 @@ class Layout(_Choice):
     BSHD = ("bshd", "[batch, seq, heads, head_dim] (flash-attn, Hugging Face after transpose)")
     SBHD = ("sbhd", "[seq, batch, heads, head_dim] (Megatron-core)")
     BHSD = ("bhsd", "[batch, heads, seq, head_dim] (torch scaled_dot_product_attention)")
+    THD = ("thd", "[tokens, heads, head_dim]: packed documents, with cu_seqlens (Megatron-core qkv_format='thd')")
+
+    @property
+    def ndim(self) -> int:
+        """Dimensions of a tensor in this layout."""
+        return 3 if self.value == "thd" else 4
 
     @property
     def to_bhsd(self) -> tuple[int, int, int, int]:
-        """The ``permute`` that turns a tensor of this layout into ``[batch, heads, seq, head_dim]``."""
-        return {"bshd": (0, 2, 1, 3), "sbhd": (1, 2, 0, 3), "bhsd": (0, 1, 2, 3)}[self.value]
+        """The ``permute`` that turns a tensor of this layout (``thd``: with a batch dimension of one in
+        front, ``unsqueeze(0)``) into ``[batch, heads, seq, head_dim]``."""
+        return {"bshd": (0, 2, 1, 3), "sbhd": (1, 2, 0, 3), "bhsd": (0, 1, 2, 3), "thd": (0, 2, 1, 3)}[self.value]
