@@ -30,7 +30,7 @@ def packed_reference(q, k, v, cu, causal, scale):
 
 
 def packed_errors(n, algorithm, causal, doc_lengths, kv_heads=2, dtype=torch.float64, heads=4, head_dim=8,
-                  kernel=None):
+                  kernel=None, device="cpu"):
     """Largest error (relative to the reference's magnitude) over all ranks, per quantity."""
     torch.manual_seed(7)
     cu = cu_seqlens_of(padded_document_lengths(doc_lengths, n))
@@ -43,14 +43,14 @@ def packed_errors(n, algorithm, causal, doc_lengths, kv_heads=2, dtype=torch.flo
     groups = ThreadGroup.create(n)
     schedule = resolve(algorithm, Topology.uniform(1, n)).schedule
     layout = PackedLayout.from_cu_seqlens(cu, n)
-    kern = kernel or get_kernel("auto", torch.device("cpu"), dtype, head_dim)
+    kern = kernel or get_kernel("auto", torch.device(device), dtype, head_dim)
     order = grouped_local_order(cu, n)
 
     def local(x, rank, dim=0):
         return shard_packed(x.detach(), cu, rank, n, dim).index_select(dim, order)
 
     def bhsd(x, rank):
-        return local(x, rank).transpose(0, 1).unsqueeze(0).to(dtype).contiguous()
+        return local(x, rank).transpose(0, 1).unsqueeze(0).to(device, dtype).contiguous()
 
     def rank_errors(rank):
         cfg = EngineConfig.create(schedule=schedule, comm=groups[rank], kernel=kern, head_dim=head_dim,
@@ -59,7 +59,7 @@ def packed_errors(n, algorithm, causal, doc_lengths, kv_heads=2, dtype=torch.flo
         out, lse = run_forward(cfg, lq, lk, lv)
         grads = run_backward(cfg, bhsd(dout, rank), lq, lk, lv, out.to(dtype), lse)
         refs = [bhsd(ref_out, rank), local(ref_lse, rank, 1).unsqueeze(0)] + [bhsd(x.grad, rank) for x in (q, k, v)]
-        return {name: ((a.double() - r.double()).abs().max() / r.double().abs().max()).item()
+        return {name: ((a.double().cpu() - r.double().cpu()).abs().max() / r.double().abs().max()).item()
                 for name, a, r in zip(("out", "lse", "dq", "dk", "dv"), (out, lse, *grads), refs, strict=True)}
 
     with ThreadPoolExecutor(n) as pool:
@@ -87,6 +87,15 @@ def test_packed_engine_matches_per_document_attention(n, algorithm, causal, docs
 @pytest.mark.parametrize("n", [2, 5])
 def test_packed_engine_bf16_and_mha(n):
     errors = packed_errors(n, "hamilton", True, DOCS["uneven"], kv_heads=4, dtype=torch.bfloat16)
+    assert all(e < TOL[torch.bfloat16] for e in errors.values()), errors
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n,algorithm,kv_heads", [(2, "zigzag", 4), (5, "hamilton", 2), (8, "hamilton", 4)])
+@pytest.mark.parametrize("causal", [True, False])
+def test_packed_engine_on_gpu_with_flash_varlen(n, algorithm, kv_heads, causal):
+    errors = packed_errors(n, algorithm, causal, DOCS["uneven"] + DOCS["short"], kv_heads=kv_heads,
+                           dtype=torch.bfloat16, head_dim=64, device="cuda")
     assert all(e < TOL[torch.bfloat16] for e in errors.values()), errors
 
 

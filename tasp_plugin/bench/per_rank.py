@@ -13,7 +13,7 @@ import torch
 from ..comm import LoopbackGroup
 from ..engine import EngineConfig, run_backward, run_forward
 from ..kernels import BlockKernel, get_kernel
-from ..planning import Algorithm, Sharding, Topology, parse_choice, resolve
+from ..planning import Algorithm, PackedLayout, Sharding, Topology, parse_choice, resolve
 
 __all__ = ["KernelClock", "PerRankResult", "attention_flops", "monolithic_seconds", "per_rank_seconds"]
 
@@ -95,12 +95,16 @@ class PerRankResult:
 
 def per_rank_seconds(algorithm: Algorithm | str, n: int, local: int, heads: int, kv_heads: int, head_dim: int,
                      causal: bool, backward: bool, backend: str = "auto", dtype: torch.dtype = torch.bfloat16,
-                     reps: int = 2, sharding: Sharding | str = Sharding.ZIGZAG) -> PerRankResult:
+                     reps: int = 2, sharding: Sharding | str = Sharding.ZIGZAG, documents: int = 1) -> PerRankResult:
     """One rank's forward (or forward + backward) through the engine with ``local`` tokens per rank, on
     one node. On contiguous sharding (the paper's ring baseline) the busiest rank, n - 1, is timed; zigzag
-    sharding is balanced, so rank 0 stands for all."""
+    sharding is balanced, so rank 0 stands for all. ``documents > 1``: the tokens are that many packed
+    documents of equal length (varlen calls; their kernel time is not separated from the rest)."""
     split = parse_choice(Sharding, sharding, "sharding")
     rank = n - 1 if split is Sharding.CONTIGUOUS else 0
+    if documents > 1 and (local // 2) % documents:
+        raise ValueError(f"{documents} documents must split each half of {local} local tokens evenly")
+    packed = PackedLayout(((local // 2) // documents,) * documents) if documents > 1 else None
     schedule = resolve(algorithm, Topology.uniform(1, n)).schedule
     kernel = get_kernel(backend, torch.device("cuda"), dtype, head_dim)
     q = torch.randn(1, heads, local, head_dim, device="cuda", dtype=dtype)
@@ -109,7 +113,7 @@ def per_rank_seconds(algorithm: Algorithm | str, n: int, local: int, heads: int,
 
     def call(kern: BlockKernel) -> None:
         cfg = EngineConfig.create(schedule=schedule, comm=LoopbackGroup(n, rank, deliver=False), kernel=kern,
-                                  head_dim=head_dim, causal=causal, sharding=split)
+                                  head_dim=head_dim, causal=causal, sharding=split, packed=packed)
         out, lse = run_forward(cfg, q, k, v)
         if backward:
             run_backward(cfg, dout, q, k, v, out.to(dtype), lse)

@@ -7,10 +7,11 @@ from __future__ import annotations
 import torch
 
 from ..api import context_parallel_attention
-from ..sharding import shard_sequence
+from ..sharding import cu_seqlens_of, padded_document_lengths, shard_packed, shard_sequence
 from .attention import installed_context_parallel
 
-__all__ = ["ATTN_IMPLEMENTATION", "register_tasp_attention", "shard_causal_lm_batch", "tasp_attention_forward"]
+__all__ = ["ATTN_IMPLEMENTATION", "register_tasp_attention", "shard_causal_lm_batch", "shard_packed_lm_batch",
+           "tasp_attention_forward"]
 
 ATTN_IMPLEMENTATION = "tasp"
 
@@ -31,11 +32,31 @@ def tasp_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: to
                          "remove padding by packing full-length sequences")
     causal = kwargs.get("is_causal")
     settings = installed_context_parallel()
+    cu = _packed_documents(kwargs)
+    if cu is not None:  # packed documents: [1, heads, tokens, d] -> [tokens, heads, d]
+        if query.shape[0] != 1:
+            raise ValueError(f"packed batches (cu_seq_lens_q) hold one row of documents, got batch {query.shape[0]}")
+        out = context_parallel_attention(
+            query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), group=settings.group,
+            algorithm=settings.algorithm, causal=getattr(module, "is_causal", True) if causal is None else causal,
+            softmax_scale=scaling, layout="thd", backend=settings.backend, cu_seqlens=cu)
+        return out.unsqueeze(0), None
     out = context_parallel_attention(
         query, key, value, group=settings.group, algorithm=settings.algorithm,
         causal=getattr(module, "is_causal", True) if causal is None else causal,
         softmax_scale=scaling, layout="bhsd", backend=settings.backend)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _packed_documents(kwargs: dict) -> torch.Tensor | None:
+    """The global (padded) cumulative document lengths of a packed batch, from transformers' flash-attention
+    kwargs ``cu_seq_lens_q``/``cu_seq_lens_k`` (as ``shard_packed_lm_batch`` returns them), or None."""
+    cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
+    if cu_q is None and cu_k is None:
+        return None
+    if cu_q is None or cu_k is None or not torch.equal(torch.as_tensor(cu_q).cpu(), torch.as_tensor(cu_k).cpu()):
+        raise ValueError("packed batches need equal cu_seq_lens_q and cu_seq_lens_k (self-attention)")
+    return torch.as_tensor(cu_q).cpu()
 
 
 def _no_mask(*, attention_mask: torch.Tensor | None = None, **_) -> None:
@@ -82,4 +103,31 @@ def shard_causal_lm_batch(input_ids: torch.Tensor, labels: torch.Tensor | None =
              for name, t in (("input_ids", input_ids), ("position_ids", position_ids), ("labels", shifted))}
     shard["shift_labels"] = shard["labels"]
     shard["num_items_in_batch"] = (shifted != ignore_index).sum()
+    return shard
+
+
+def shard_packed_lm_batch(documents: list[torch.Tensor], *, cp_rank: int, cp_size: int, pad_token_id: int = 0,
+                          ignore_index: int = -100) -> dict[str, torch.Tensor]:
+    """This CP rank's part of a batch of packed documents (1-D token tensors), as ``model(**batch)`` keyword
+    arguments: each document padded to a multiple of 2 x ``cp_size`` (pad tokens predict nothing), labels
+    shifted inside each document (its last token predicts nothing: no prediction across documents),
+    positions restarting at each document, then split per document as ``sharding.shard_packed`` does.
+    ``cu_seq_lens_q``/``cu_seq_lens_k`` (the global padded cumulative lengths) tell tasp attention where the
+    documents are; ``num_items_in_batch`` makes ``loss`` this rank's share, as in ``shard_causal_lm_batch``."""
+    if not documents or any(d.dim() != 1 or d.numel() < 1 for d in documents):
+        raise ValueError("documents must be a non-empty list of non-empty 1-D token tensors")
+    lengths = padded_document_lengths([d.numel() for d in documents], cp_size)
+    ids, labels, positions = [], [], []
+    for doc, length in zip(documents, lengths, strict=True):
+        pad = length - doc.numel()
+        ids.append(torch.nn.functional.pad(doc, (0, pad), value=pad_token_id))
+        labels.append(torch.nn.functional.pad(doc[1:], (0, pad + 1), value=ignore_index))
+        positions.append(torch.arange(length, device=doc.device))
+    cu = cu_seqlens_of(lengths)
+    shard = {name: shard_packed(torch.cat(parts), cu, cp_rank, cp_size, seq_dim=0).unsqueeze(0)
+             for name, parts in (("input_ids", ids), ("position_ids", positions), ("labels", labels))}
+    shard["shift_labels"] = shard["labels"]
+    shard["num_items_in_batch"] = (torch.cat(labels) != ignore_index).sum()
+    cu_t = torch.tensor(cu, dtype=torch.int32)
+    shard.update(cu_seq_lens_q=cu_t, cu_seq_lens_k=cu_t)
     return shard

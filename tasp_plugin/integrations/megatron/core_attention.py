@@ -20,6 +20,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.utils import is_layer_window_attention
 
 from ...api import context_parallel_attention
+from ...comm import LoopbackGroup
 from ...planning import Algorithm
 from .groups import tasp_groups_for
 
@@ -102,12 +103,12 @@ class TASPCoreAttention(MegatronModule):
                 packed_seq_params: PackedSeqParams | None = None) -> torch.Tensor:
         """Attention of the local query shard over the CP group's whole sequence; ``attention_mask`` is
         not read (the causal or no-mask type defines the mask, as in Transformer Engine)."""
-        if packed_seq_params is not None:
-            raise ValueError("packed sequences (packed_seq_params) are not supported by TASPCoreAttention")
         if attention_bias is not None:
             raise ValueError("attention_bias is not supported by TASPCoreAttention")
         mask_type = self.attn_mask_type if attn_mask_type is None else self._check_mask_type(attn_mask_type)
         causal = mask_type in _CAUSAL
+        if packed_seq_params is not None:
+            return self._packed(query, key, value, causal, packed_seq_params)
         if self.cp_group is None:
             out = F.scaled_dot_product_attention(
                 query.permute(1, 2, 0, 3), key.permute(1, 2, 0, 3), value.permute(1, 2, 0, 3),
@@ -118,3 +119,21 @@ class TASPCoreAttention(MegatronModule):
             out = context_parallel_attention(query, key, value, group=group, algorithm=self.algorithm,
                                              causal=causal, softmax_scale=self.softmax_scale, layout="sbhd")
         return out.reshape(out.shape[0], out.shape[1], -1)
+
+    def _packed(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, causal: bool,
+                params: PackedSeqParams) -> torch.Tensor:
+        """Packed documents (``qkv_format="thd"``: ``[t, heads, d]`` in, ``[t, heads * d]`` out): attention
+        inside each document of the padded ``cu_seqlens`` (every document a multiple of 2 x CP size, this
+        rank holding chunks r and 2 x CP - 1 - r of each, as Megatron's THD batches are split)."""
+        if params.qkv_format != "thd":
+            raise ValueError(f"packed_seq_params.qkv_format {params.qkv_format!r} is not supported by "
+                             "TASPCoreAttention; use 'thd'")
+        cu_q = params.cu_seqlens_q_padded if params.cu_seqlens_q_padded is not None else params.cu_seqlens_q
+        cu_kv = params.cu_seqlens_kv_padded if params.cu_seqlens_kv_padded is not None else params.cu_seqlens_kv
+        if cu_q is None or cu_kv is None or not torch.equal(cu_q.cpu(), cu_kv.cpu()):
+            raise ValueError("packed_seq_params needs cu_seqlens_q(_padded) equal to cu_seqlens_kv(_padded) "
+                             "(self-attention over the same documents)")
+        group = LoopbackGroup(1, 0) if self.cp_group is None else tasp_groups_for(self.cp_group) or self.cp_group
+        out = context_parallel_attention(query, key, value, group=group, algorithm=self.algorithm, causal=causal,
+                                         softmax_scale=self.softmax_scale, layout="thd", cu_seqlens=cu_q.cpu())
+        return out.reshape(out.shape[0], -1)
