@@ -294,3 +294,29 @@ def test_cli_error_is_one_line_and_quick(script, tmp_path):
                           timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and "use 252 or 258" in proc.stderr, proc.stderr
+
+
+def _final_loss(script: str, save: str, *argv: str) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
+    done = subprocess.run([sys.executable, script, "--train-iters", "3", "--seq-length", "64", "--save", save,
+                           *argv], capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return next(line for line in done.stdout.splitlines() if line.startswith("final loss")).split()[2]
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.parametrize("script", [MEGATRON, DEEPSPEED], ids=["megatron", "deepspeed"])
+def test_examples_train_on_packed_documents_as_at_cp1(script, tmp_path):
+    """--reset-attention-mask: short NUL-separated documents; CP = 2 trains exactly as CP = 1, and not as the
+    unpacked run (so the documents were really cut)."""
+    gen = torch.Generator().manual_seed(0)
+    docs = [bytes(torch.randint(97, 123, (int(n),), generator=gen).tolist())
+            for n in torch.randint(5, 60, (400,), generator=gen)]
+    data = tmp_path / "docs.txt"
+    data.write_bytes(b"\0".join(docs))
+    common = ("--data-path", str(data))
+    packed = [_final_loss(script, str(tmp_path / f"cp{cp}"), "--world-size", str(cp), "--context-parallel-size",
+                          str(cp), "--reset-attention-mask", *common) for cp in (1, 2)]
+    plain = _final_loss(script, str(tmp_path / "plain"), "--world-size", "2", "--context-parallel-size", "2", *common)
+    assert packed[0] == packed[1] != plain, (packed, plain)

@@ -65,12 +65,17 @@ def test_dropout_softmax_window_and_comm_type_errors():
         resolve_cp_comm_type(["ring", "hamilton"], 3)
 
 
-def test_forward_rejects_packed_sequences_bias_and_padding_masks():
+def test_forward_rejects_other_packed_formats_bias_and_padding_masks():
+    from megatron.core.packed_seq_params import PackedSeqParams
+
     attn = _attention()
     q = torch.randn(8, 1, 4, 8)
     kv = torch.randn(8, 1, 2, 8)
-    with pytest.raises(ValueError, match="packed"):
-        attn(q, kv, kv, None, packed_seq_params=object())
+    cu = torch.tensor([0, 8], dtype=torch.int32)
+    with pytest.raises(ValueError, match="qkv_format 'sbhd'"):
+        attn(q, kv, kv, None, packed_seq_params=PackedSeqParams(qkv_format="sbhd", cu_seqlens_q=cu))
+    with pytest.raises(ValueError, match="cu_seqlens_kv"):
+        attn(q[:, 0], kv[:, 0], kv[:, 0], None, packed_seq_params=PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu))
     with pytest.raises(ValueError, match="attention_bias"):
         attn(q, kv, kv, None, attention_bias=torch.zeros(1))
     with pytest.raises(ValueError, match="attn_mask_type"):

@@ -434,3 +434,19 @@ def test_final_line_and_throughput():
     line = final_line([3.0, 2.0], 2, 1234.5, 1.6, curve="run/loss.png")
     assert line == ("final loss 2.0000 at step 2 (step 1: 3.0000) | 1,234 tokens/s over 2 steps (1.6 s) | curve "
                     "run/loss.png")
+
+
+def test_packed_batch_cuts_after_each_eod_pads_and_masks():
+    from tasp_plugin.sharding import unshard_packed
+    from tasp_plugin.training.batch import packed_batch_for_cp
+
+    tokens = torch.tensor([[5, 6, 0, 7, 8, 9, 0, 4, 3]])  # inputs 5 6 0 | 7 8 9 0 | 4 (labels shifted by one)
+    shards = [packed_batch_for_cp(tokens, 0, r, 2) for r in range(2)]
+    cu = shards[0]["cu_seqlens"].tolist()
+    assert cu == [0, 4, 8, 12] and torch.equal(shards[1]["cu_seqlens"], shards[0]["cu_seqlens"])
+    full = {k: unshard_packed([s[k][0] for s in shards], cu, 0) for k in ("input_ids", "labels", "position_ids",
+                                                                          "loss_mask")}
+    assert full["input_ids"].tolist() == [5, 6, 0, 0, 7, 8, 9, 0, 4, 0, 0, 0]
+    assert full["labels"].tolist() == [6, 0, 7, 0, 8, 9, 0, 4, 3, 0, 0, 0]
+    assert full["position_ids"].tolist() == [0, 1, 2, 3] * 3
+    assert full["loss_mask"].tolist() == [1, 1, 0, 0, 1, 1, 1, 0, 1, 0, 0, 0]

@@ -59,7 +59,7 @@ DEFAULTS = {
     "num_layers": 2, "hidden_size": 128, "ffn_hidden_size": None, "num_attention_heads": 8, "num_query_groups": 2,
     "seq_length": None, "train_iters": 30, "micro_batch_size": None, "global_batch_size": None, "lr": None,
     "weight_decay": None, "seed": 0, "data_path": None, "max_corpus_bytes": 4_000_000,
-    "save": "tasp_deepspeed_run", "load": None, "save_interval": 10,
+    "save": "tasp_deepspeed_run", "load": None, "save_interval": 10, "reset_attention_mask": False,
 }
 DERIVED = {
     "world_size": "CP size x the DeepSpeed config's data-parallel size, train_batch_size / "
@@ -243,15 +243,22 @@ def build_model(cfg: dict) -> torch.nn.Module:
     return LlamaForCausalLM(config)
 
 
-def train_step(engine: DeepSpeedEngine, tokens: torch.Tensor, rows_per_rank: int) -> float:
-    """One optimizer step on the global batch ``tokens [batch, seq + 1]``; returns its mean token loss."""
-    from tasp_plugin.training.batch import shard_batch_for_cp
+def train_step(engine: DeepSpeedEngine, tokens: torch.Tensor, rows_per_rank: int, eod: int | None = None) -> float:
+    """One optimizer step on the global batch ``tokens [batch, seq + 1]``; returns its mean token loss.
+    ``eod``: the rows hold packed documents ending in this token (one packed row per rank, passed to the
+    model with transformers' ``cu_seq_lens_q``/``cu_seq_lens_k``)."""
+    from tasp_plugin.training.batch import packed_batch_for_cp, shard_batch_for_cp
 
     mpu = engine.mpu
     rows = tokens[mpu.get_data_parallel_rank() * rows_per_rank:][:rows_per_rank]
-    batch = {k: v.to(engine.device) for k, v in shard_batch_for_cp(
-        rows, mpu.get_sequence_parallel_rank(), mpu.get_sequence_parallel_world_size()).items()}
-    logits = engine(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+    cp_rank, cp_size = mpu.get_sequence_parallel_rank(), mpu.get_sequence_parallel_world_size()
+    if eod is None:
+        batch = {k: v.to(engine.device) for k, v in shard_batch_for_cp(rows, cp_rank, cp_size).items()}
+        documents = {}
+    else:
+        batch = {k: v.to(engine.device) for k, v in packed_batch_for_cp(rows, eod, cp_rank, cp_size).items()}
+        documents = {"cu_seq_lens_q": batch["cu_seqlens"], "cu_seq_lens_k": batch["cu_seqlens"]}
+    logits = engine(input_ids=batch["input_ids"], position_ids=batch["position_ids"], **documents).logits
     per_token = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(),
                                                   reduction="none")
     count = batch["loss_mask"].sum()
@@ -298,7 +305,7 @@ def train(cfg: dict) -> list[float]:
     ``plan_run``: returns the loss of every step of the run (the checkpoint's steps included)."""
     from tasp_plugin.integrations.deepspeed import initialize
     from tasp_plugin.training.curves import save_loss_curve
-    from tasp_plugin.training.data import load_corpus, token_batches
+    from tasp_plugin.training.data import EOD, load_corpus, token_batches
     from tasp_plugin.training.progress import Progress
     from tasp_plugin.training.report import final_line
 
@@ -313,8 +320,9 @@ def train(cfg: dict) -> list[float]:
         start, losses = state["step"], list(state["losses"])
     rows_per_rank = engine.train_micro_batch_size_per_gpu()
     dp, cp = engine.mpu.get_data_parallel_world_size(), engine.mpu.get_sequence_parallel_world_size()
-    data = load_corpus(cfg["data_path"], cfg["max_corpus_bytes"])
+    data = load_corpus(cfg["data_path"], cfg["max_corpus_bytes"], documents=cfg["reset_attention_mask"])
     batches = token_batches(data, cfg["seq_length"], rows_per_rank * dp, cfg["seed"], start_step=start)
+    eod = EOD if cfg["reset_attention_mask"] else None
     if rank0:
         params = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters())
         print(f"Llama {params / 1e6:.2f}M params, {cfg['num_layers']} layers, {cfg['num_attention_heads']}/"
@@ -329,7 +337,7 @@ def train(cfg: dict) -> list[float]:
             print(f"no checkpoint in --load {cfg['load']}: starting at step 0", flush=True)
     with Progress(cfg["train_iters"], start=start, enabled=rank0, desc="pretrain") as progress:
         for step in range(start + 1, cfg["train_iters"] + 1):
-            losses.append(train_step(engine, next(batches), rows_per_rank))
+            losses.append(train_step(engine, next(batches), rows_per_rank, eod))
             progress.update(losses[-1], rows_per_rank * dp * cfg["seq_length"])
             if step % cfg["save_interval"] == 0 or step == cfg["train_iters"]:
                 _save(engine, cfg, step, losses)

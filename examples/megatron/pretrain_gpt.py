@@ -9,6 +9,7 @@ library's sources. Run it directly (it launches its own processes) or under torc
     torchrun --nproc-per-node 2 examples/megatron/pretrain_gpt.py --context-parallel-size 2
     python examples/megatron/pretrain_gpt.py --load tasp_megatron_run --train-iters 60   # continue a run
     python examples/megatron/pretrain_gpt.py --topology 2x4     # 8 processes as 2 nodes: multi-node Hamilton
+    python examples/megatron/pretrain_gpt.py --reset-attention-mask   # packed documents (one per source file)
 
 Each step every rank builds the same global batch, takes its data-parallel rows and its zigzag
 context-parallel shard (tokens, positions, next-token labels, loss mask), and all-reduces gradients over
@@ -49,7 +50,7 @@ DEFAULTS = {
     "num_layers": 2, "hidden_size": 64, "ffn_hidden_size": None, "num_attention_heads": 4, "num_query_groups": 2,
     "seq_length": None, "train_iters": 40, "micro_batch_size": None, "global_batch_size": 4, "lr": 3e-3,
     "weight_decay": 0.0, "seed": 1234, "data_path": None, "max_corpus_bytes": 4_000_000,
-    "save": "tasp_megatron_run", "load": None, "save_interval": 20,
+    "save": "tasp_megatron_run", "load": None, "save_interval": 20, "reset_attention_mask": False,
 }
 DERIVED = {
     "seq_length": f"{SEQ_LENGTH_BASE} rounded up to a multiple of 2 x CP: 256 for CP 1, 2, 4, 8; 258 for CP 3; "
@@ -169,21 +170,36 @@ def build_model(cfg: dict, device: torch.device) -> torch.nn.Module:
     return model.to(device=device, dtype=DTYPES[cfg["dtype"]])  # Megatron's torch LayerNorm ignores params_dtype
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, tokens: torch.Tensor) -> float:
-    """One optimizer step on the global batch ``tokens [batch, seq + 1]``; returns its mean token loss."""
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, tokens: torch.Tensor,
+               eod: int | None = None) -> float:
+    """One optimizer step on the global batch ``tokens [batch, seq + 1]``; returns its mean token loss.
+    ``eod``: the rows hold packed documents ending in this token (THD batches, ``packed_seq_params``)."""
     from megatron.core import parallel_state as ps
+    from megatron.core.packed_seq_params import PackedSeqParams
 
-    from tasp_plugin.training.batch import shard_batch_for_cp
+    from tasp_plugin.training.batch import packed_batch_for_cp, shard_batch_for_cp
 
     dp_size, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
     if tokens.shape[0] % dp_size:
         raise ValueError(f"global batch {tokens.shape[0]} must divide by the data-parallel size {dp_size}")
     rows = tokens.chunk(dp_size)[dp_rank]
-    batch = shard_batch_for_cp(rows, ps.get_context_parallel_rank(), ps.get_context_parallel_world_size())
+    cp_rank, cp_size = ps.get_context_parallel_rank(), ps.get_context_parallel_world_size()
+    packed = None
+    if eod is None:
+        batch = shard_batch_for_cp(rows, cp_rank, cp_size)
+        total_tokens = tokens.shape[0] * (tokens.shape[1] - 1)
+    else:
+        batch = packed_batch_for_cp(rows, eod, cp_rank, cp_size)
+        cu = batch["cu_seqlens"]
+        longest = int((cu[1:] - cu[:-1]).max())
+        packed = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, cu_seqlens_q_padded=cu,
+                                 cu_seqlens_kv_padded=cu, max_seqlen_q=longest, max_seqlen_kv=longest)
+        total_tokens = int((tokens[:, :-1] != eod).sum())  # an end-of-document token predicts nothing
     dp_cp = ps.get_data_parallel_group(with_context_parallel=True)
     total_tokens = tokens.shape[0] * (tokens.shape[1] - 1)
     optimizer.zero_grad(set_to_none=True)
-    per_token = model(batch["input_ids"], batch["position_ids"], None, labels=batch["labels"])
+    per_token = model(batch["input_ids"], batch["position_ids"], None, labels=batch["labels"],
+                      packed_seq_params=packed)
     loss = (per_token * batch["loss_mask"].to(per_token.dtype)).sum() / total_tokens
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
@@ -220,7 +236,7 @@ def train(cfg: dict, device: torch.device) -> list[float]:
     from tasp_plugin.integrations.megatron import initialize_tasp_groups
     from tasp_plugin.training.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
     from tasp_plugin.training.curves import save_loss_curve
-    from tasp_plugin.training.data import load_corpus, token_batches
+    from tasp_plugin.training.data import EOD, load_corpus, token_batches
     from tasp_plugin.training.progress import Progress
     from tasp_plugin.training.report import final_line
 
@@ -235,8 +251,9 @@ def train(cfg: dict, device: torch.device) -> list[float]:
     if cfg["resume"]:
         state = load_checkpoint(cfg["resume"]["path"], model=model, optimizer=optimizer)
         start, losses = state["step"], state["losses"]
-    data = load_corpus(cfg["data_path"], cfg["max_corpus_bytes"])
+    data = load_corpus(cfg["data_path"], cfg["max_corpus_bytes"], documents=cfg["reset_attention_mask"])
     batches = token_batches(data, cfg["seq_length"], cfg["global_batch_size"], cfg["seed"], start_step=start)
+    eod = EOD if cfg["reset_attention_mask"] else None
     if rank0:
         n, cp = dist.get_world_size(), cfg["context_parallel_size"]
         params = sum(p.numel() for p in model.parameters())
@@ -252,7 +269,7 @@ def train(cfg: dict, device: torch.device) -> list[float]:
     last = checkpoint_path(cfg["save"], cfg["train_iters"])
     with Progress(cfg["train_iters"], start=start, enabled=rank0, desc="pretrain") as progress:
         for step in range(start + 1, cfg["train_iters"] + 1):
-            losses.append(train_step(model, optimizer, next(batches).to(device)))
+            losses.append(train_step(model, optimizer, next(batches).to(device), eod))
             progress.update(losses[-1], tokens_per_step)
             if rank0 and (step % cfg["save_interval"] == 0 or step == cfg["train_iters"]):
                 save_checkpoint(checkpoint_path(cfg["save"], step), model=model, optimizer=optimizer, step=step,

@@ -94,6 +94,10 @@ def add_training_args(parser: argparse.ArgumentParser, defaults: Mapping[str, An
     add(data, "data_path", "text file to train on, as byte tokens (default: the Python standard "
         "library's sources)", metavar="FILE")
     add(data, "max_corpus_bytes", "read at most this many bytes of the corpus", type=int, metavar="N")
+    add(data, "reset_attention_mask", "packed documents: the corpus's source files (in a --data-path file: its "
+        "NUL-separated parts) are documents ending in an end-of-document token (byte 0); attention and "
+        "positions restart at each (Megatron-LM's --reset-attention-mask with --reset-position-ids) and the "
+        "model never predicts across documents", action="store_true")
 
     ckpt = parser.add_argument_group("checkpoints (Megatron-LM's habits)")
     add(ckpt, "save", "directory for checkpoints and the loss curve; refused when it already holds "

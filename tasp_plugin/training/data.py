@@ -10,7 +10,7 @@ from typing import SupportsInt
 
 import torch
 
-__all__ = ["ByteTokenizer", "load_corpus", "token_batches"]
+__all__ = ["EOD", "ByteTokenizer", "load_corpus", "token_batches"]
 
 
 def _stdlib_sources() -> list[str]:
@@ -23,9 +23,13 @@ def _stdlib_sources() -> list[str]:
     return paths
 
 
-def load_corpus(path: str | None = None, max_bytes: int = 8_000_000) -> bytes:
+EOD = 0  # the end-of-document token of packed corpora: byte 0 (never in the standard library's sources)
+
+
+def load_corpus(path: str | None = None, max_bytes: int = 8_000_000, documents: bool = False) -> bytes:
     """Training text as bytes: the named file, or by default the standard library's ``.py`` sources
-    concatenated in sorted order (offline and deterministic on a given Python), capped at ``max_bytes``."""
+    concatenated in sorted order (offline and deterministic on a given Python), capped at ``max_bytes``.
+    ``documents``: each source file ends with the ``EOD`` byte (a named file keeps its own)."""
     if max_bytes < 1:
         raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
     if path is not None:
@@ -38,6 +42,8 @@ def load_corpus(path: str | None = None, max_bytes: int = 8_000_000) -> bytes:
         for source in _stdlib_sources():
             with open(source, "rb") as f:
                 chunk = f.read(max_bytes - total)
+            if documents and len(chunk) < max_bytes - total:
+                chunk += bytes([EOD])
             chunks.append(chunk)
             total += len(chunk)
             if total >= max_bytes:
