@@ -67,3 +67,29 @@ def _worker(rank: int, world: int, algorithm: str) -> dict:
 def test_llama_on_packed_documents_equals_each_document_alone(world, algorithm):
     for rank, err in enumerate(run_distributed(_worker, world, algorithm)):
         assert err["logits"] < 1e-10 and err["loss"] < 1e-6 and err["grad"] < 1e-9, (rank, err)
+
+
+def _positions_only(rank: int, world: int) -> dict:
+    """Packed documents given only by restarting position_ids: at CP = 1 they are honoured (the same
+    logits as with cu_seq_lens), under CP they raise instead of attending across documents."""
+    from tasp_plugin.integrations.attention import install_context_parallel
+    from tasp_plugin.integrations.hf import register_tasp_attention, shard_packed_lm_batch
+
+    register_tasp_attention()
+    install_context_parallel(None, "hamilton")
+    torch.manual_seed(0)
+    model = _llama("tasp")
+    batch = shard_packed_lm_batch(_documents(), cp_rank=rank, cp_size=world)
+    with_cu = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                    cu_seq_lens_q=batch["cu_seq_lens_q"], cu_seq_lens_k=batch["cu_seq_lens_k"]).logits
+    try:
+        positions = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+    except ValueError as exc:
+        return {"error": str(exc)}
+    return {"diff": (positions - with_cu).abs().max().item()}
+
+
+@pytest.mark.distributed
+def test_restarting_position_ids_are_honoured_at_cp1_and_refused_under_cp():
+    assert run_distributed(_positions_only, 1)[0]["diff"] == 0.0
+    assert all("cu_seq_lens_q" in r["error"] for r in run_distributed(_positions_only, 2))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from ..api import context_parallel_attention
+from ..comm import as_communicator
 from ..sharding import cu_seqlens_of, padded_document_lengths, shard_packed, shard_sequence
 from .attention import installed_context_parallel
 
@@ -33,6 +34,8 @@ def tasp_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: to
     causal = kwargs.get("is_causal")
     settings = installed_context_parallel()
     cu = _packed_documents(kwargs)
+    if cu is None and _restarts(kwargs.get("position_ids")):
+        cu = _documents_from_positions(kwargs["position_ids"], settings.group)
     if cu is not None:  # packed documents: [1, heads, tokens, d] -> [tokens, heads, d]
         if query.shape[0] != 1:
             raise ValueError(f"packed batches (cu_seq_lens_q) hold one row of documents, got batch {query.shape[0]}")
@@ -57,6 +60,35 @@ def _packed_documents(kwargs: dict) -> torch.Tensor | None:
     if cu_q is None or cu_k is None or not torch.equal(torch.as_tensor(cu_q).cpu(), torch.as_tensor(cu_k).cpu()):
         raise ValueError("packed batches need equal cu_seq_lens_q and cu_seq_lens_k (self-attention)")
     return torch.as_tensor(cu_q).cpu()
+
+
+_checked: list[tuple[int, int, tuple[int, ...], bool]] = []  # the last position_ids looked at, and the answer
+
+
+def _restarts(position_ids: torch.Tensor | None) -> bool:
+    """Whether positions decrease somewhere (packed documents whose positions restart; a zigzag shard of one
+    sequence only ever increases). Looked at once per position tensor: every layer of a forward passes the
+    same one, and the answer costs a host sync."""
+    if position_ids is None:
+        return False
+    key = (position_ids.data_ptr(), position_ids._version, tuple(position_ids.shape))
+    if not _checked or _checked[0][:3] != key:
+        answer = bool((position_ids[..., 1:] < position_ids[..., :-1]).any())
+        _checked[:] = [(*key, answer)]
+    return _checked[0][3]
+
+
+def _documents_from_positions(position_ids: torch.Tensor, group: object) -> torch.Tensor:
+    """Documents of a packed batch at CP size 1, where positions restart at 0; under CP the local positions
+    cannot tell the global documents, so there it is an error."""
+    if as_communicator(group).size > 1 or position_ids.dim() != 2 or position_ids.shape[0] != 1:
+        raise ValueError("a packed batch (position_ids that restart) under context parallelism needs the "
+                         "document boundaries: pass cu_seq_lens_q/cu_seq_lens_k (shard_packed_lm_batch builds "
+                         "them)")
+    starts = (position_ids[0] == 0).nonzero().flatten().tolist()
+    if not starts or starts[0] != 0:
+        raise ValueError("packed position_ids must start every document at 0")
+    return torch.tensor([*starts, position_ids.shape[1]], dtype=torch.int32)
 
 
 def _no_mask(*, attention_mask: torch.Tensor | None = None, **_) -> None:
