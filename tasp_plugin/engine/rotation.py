@@ -8,6 +8,7 @@ sources' symmetric buffers with copy-engine copies (``comm.PeerMemory``, one nod
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 import torch
@@ -26,15 +27,16 @@ def pieces(buf: torch.Tensor, plan: StepPlan) -> list[list[torch.Tensor]]:
     return [[buf[a:b] for a, b in slot] for slot in plan.slots]
 
 
-class Rotation:
+class Rotation(ABC):
     """``first`` is the buffer of step 0; ``start(step, buf)`` posts the move of ``buf`` (arranged by step
     ``step``'s plan) to the next step's arrangement and returns ``(incoming, handles)``: ``incoming`` may be
     read once the handles were waited for."""
 
     first: torch.Tensor
 
+    @abstractmethod
     def start(self, step: int, buf: torch.Tensor) -> tuple[torch.Tensor, list[Handle]]:
-        raise NotImplementedError
+        """Post the move of step ``step``'s buffer ``buf`` to the next step's arrangement."""
 
 
 class P2PRotation(Rotation):
