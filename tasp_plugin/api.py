@@ -61,13 +61,15 @@ def _topology(comm: Communicator, algorithm: Algorithm, override: Topology | str
     return comm.topology(override)
 
 
-def _peer_memory(comm: Communicator, transport: str, topology: Topology, q: torch.Tensor) -> PeerMemory | None:
+def _peer_memory(comm: Communicator, transport: str, override: Topology | str | None,
+                 q: torch.Tensor) -> PeerMemory | None:
     """The group's symmetric memory when K/V travel by copy-engine pulls (``peer_copy``: opt-in, measured no
     faster than NCCL on 2 H200s, docs/BENCHMARKS.md). Raises, on every rank alike, if the group cannot have
-    it: not an NCCL group of CUDA devices on one node, or no symmetric memory in this torch."""
+    it: not an NCCL group of CUDA devices on one node (the topology is detected here, whatever the
+    algorithm), or no symmetric memory in this torch."""
     if transport != "peer_copy" or comm.size == 1:
         return None
-    peer = comm.peer_memory(q.device) if topology.num_nodes == 1 else None
+    peer = comm.peer_memory(q.device) if comm.topology(override).num_nodes == 1 else None
     if peer is None:
         raise ValueError(f"${TRANSPORT_ENV}=peer_copy needs an NCCL group on CUDA devices of one node with torch's "
                          "symmetric memory; use auto, p2p or all_to_all")
@@ -167,7 +169,7 @@ def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
                                 os.environ.get("TASP_INTERCONNECT") or None)
     cfg = EngineConfig.create(schedule=_resolution(comm, chosen, topo).schedule, comm=comm, kernel=kernel,
                               head_dim=qh.shape[-1], causal=options.causal, softmax_scale=options.softmax_scale,
-                              transport=options.transport, peer=_peer_memory(comm, options.transport, topo, qh),
+                              transport=options.transport, peer=_peer_memory(comm, options.transport, topology, qh),
                               packed=None if packed is None else PackedLayout.from_cu_seqlens(packed, comm.size))
     out, lse = RingAttentionFunction.apply(qh, kh, vh, cfg)
     inverse = [perm.index(i) for i in range(4)]

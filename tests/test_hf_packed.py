@@ -93,3 +93,29 @@ def _positions_only(rank: int, world: int) -> dict:
 def test_restarting_position_ids_are_honoured_at_cp1_and_refused_under_cp():
     assert run_distributed(_positions_only, 1)[0]["diff"] == 0.0
     assert all("cu_seq_lens_q" in r["error"] for r in run_distributed(_positions_only, 2))
+
+
+def _reused_positions(rank: int, world: int) -> bool:
+    """A new position tensor over the memory of an earlier one (same address, shape and version, other
+    values: here a NumPy array changed in between, as a reused allocation would be) is looked at afresh."""
+    import numpy as np
+
+    from tasp_plugin.integrations.attention import install_context_parallel
+    from tasp_plugin.integrations.hf import register_tasp_attention
+
+    register_tasp_attention()
+    install_context_parallel(None, "hamilton")
+    torch.manual_seed(0)
+    model = _llama("tasp")
+    ids = torch.randint(1, VOCAB, (1, 12))
+    alone = torch.cat([model(input_ids=ids[:, :6]).logits, model(input_ids=ids[:, 6:]).logits], dim=1)
+    memory = np.arange(12)[None]
+    model(input_ids=ids, position_ids=torch.from_numpy(memory))  # one document: no restart
+    memory[:] = np.arange(12)[None] % 6  # two documents, in the same memory
+    packed = model(input_ids=ids, position_ids=torch.from_numpy(memory)).logits
+    return torch.allclose(packed, alone, atol=1e-10)
+
+
+@pytest.mark.distributed
+def test_position_restarts_are_not_cached_across_tensors():
+    assert run_distributed(_reused_positions, 1)[0]

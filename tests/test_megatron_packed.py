@@ -105,3 +105,45 @@ def test_gpt_model_on_packed_documents_matches_cp1():
         errors = {name: ((grads[name] - g).abs().max() / g.abs().max().clamp_min(1e-30)).item()
                   for name, g in ref_grads.items()}
         assert max(errors.values()) < 1e-6, (cp, errors)
+
+
+def _example_step_loss(rank, world):
+    """The example's packed train_step loss against each document run alone through the same model (mean
+    over the predictions that stay inside a document)."""
+    import warnings
+
+    from megatron.core import parallel_state as ps
+
+    from tests.test_megatron_distributed import load_example
+
+    warnings.filterwarnings("ignore")
+    example = load_example()
+    ps.initialize_model_parallel(context_parallel_size=1, create_gloo_process_groups=False)
+    cfg = example.parse_config(["--world-size", "1", "--context-parallel-size", "1", "--num-layers", "2",
+                                "--hidden-size", "32", "--ffn-hidden-size", "64", "--dtype", "float64"])
+    model = example.build_model(cfg, torch.device("cpu"))
+    tokens = torch.randint(1, 50, (2, 41), generator=torch.Generator().manual_seed(2))
+    tokens[0, [6, 20, 21, 30]] = 0
+    tokens[1, [3, 40]] = 0
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for row in tokens:
+            inputs, labels = row[:-1], row[1:]
+            ends = [i + 1 for i in (inputs == 0).nonzero().flatten().tolist()]
+            for a, b in zip([0, *ends], [*ends, inputs.numel()], strict=True):
+                if b <= a:
+                    continue
+                pad = (b - a) % 2  # the engine takes even lengths; a pad token at the end is seen by nothing
+                x, y = (torch.nn.functional.pad(t[a:b], (0, pad)) for t in (inputs, labels))
+                per_token = model(x[None], torch.arange(b - a + pad)[None], None, labels=y[None])[0][:b - a]
+                keep = per_token if inputs[b - 1] != 0 else per_token[:-1]
+                total, count = total + keep.sum().item(), count + keep.numel()
+    loss = example.train_step(model, torch.optim.SGD(model.parameters(), lr=0.0), tokens, eod=0)
+    ps.destroy_model_parallel()
+    return loss, total / count
+
+
+@pytest.mark.distributed
+def test_example_packed_loss_is_the_mean_over_predictions_inside_documents():
+    loss, reference = run_distributed(_example_step_loss, 1)[0]
+    assert abs(loss - reference) <= 1e-6 * reference, (loss, reference)

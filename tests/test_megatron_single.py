@@ -74,6 +74,12 @@ def test_forward_rejects_other_packed_formats_bias_and_padding_masks():
     cu = torch.tensor([0, 8], dtype=torch.int32)
     with pytest.raises(ValueError, match="qkv_format 'sbhd'"):
         attn(q, kv, kv, None, packed_seq_params=PackedSeqParams(qkv_format="sbhd", cu_seqlens_q=cu))
+    padded = torch.tensor([0, 8], dtype=torch.int32)
+    real = torch.tensor([0, 5], dtype=torch.int32)
+    with pytest.raises(ValueError, match="attend to the padding"):
+        attn(q[:, 0], kv[:, 0], kv[:, 0], None, attn_mask_type=AttnMaskType.no_mask,
+             packed_seq_params=PackedSeqParams(qkv_format="thd", cu_seqlens_q=real, cu_seqlens_kv=real,
+                                               cu_seqlens_q_padded=padded, cu_seqlens_kv_padded=padded))
     with pytest.raises(ValueError, match="cu_seqlens_kv"):
         attn(q[:, 0], kv[:, 0], kv[:, 0], None, packed_seq_params=PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu))
     with pytest.raises(ValueError, match="attention_bias"):

@@ -183,3 +183,18 @@ def test_bad_cu_seqlens_raise_on_every_rank(cu, layout, message):
 
     results = run_distributed(_bad_call, 3, cu, layout)
     assert all(message in r for r in results), results
+
+
+def test_packed_fingerprint_compares_documents_only_when_checking_every_call(monkeypatch):
+    from tasp_plugin import checks
+
+    q = torch.randn(8, 2, 4)
+    options = checks.check_call(q, q, q, algorithm="zigzag", causal=True, softmax_scale=None, layout="thd",
+                                backend="auto", return_lse=False)
+    monkeypatch.delenv(checks.CHECK_ENV, raising=False)
+    # a new batch's documents must not make a new fingerprint (that would gather on every training step)
+    assert checks.fingerprint(options, q, q, q, None, (0, 4, 8)) == checks.fingerprint(options, q, q, q, None,
+                                                                                          (0, 8))
+    monkeypatch.setenv(checks.CHECK_ENV, "1")
+    assert checks.fingerprint(options, q, q, q, None, (0, 4, 8)) != checks.fingerprint(options, q, q, q, None,
+                                                                                          (0, 8))

@@ -30,8 +30,17 @@ def test_engine_config_checks_the_transport():
     with pytest.raises(ValueError, match="unknown transport"):
         EngineConfig.create(schedule=sched, comm=LoopbackGroup(1, 0), kernel=MathKernel(), head_dim=4, transport="x")
     with pytest.raises(ValueError, match="needs the group's PeerMemory"):
-        EngineConfig.create(schedule=sched, comm=LoopbackGroup(1, 0), kernel=MathKernel(), head_dim=4,
-                            transport="peer_copy")
+        EngineConfig.create(schedule=RingSchedule.ring(2), comm=LoopbackGroup(2, 0), kernel=MathKernel(),
+                            head_dim=4, transport="peer_copy")
+
+
+def test_peer_copy_at_cp_size_one_is_plain_attention(monkeypatch):
+    """Nothing travels in a group of one: TASP_TRANSPORT=peer_copy must not break it (dense and packed)."""
+    monkeypatch.setenv(checks.TRANSPORT_ENV, "peer_copy")
+    q = torch.randn(1, 8, 2, 4)
+    assert context_parallel_attention(q, q, q, group=LoopbackGroup(1, 0)).shape == q.shape
+    assert context_parallel_attention(q[0], q[0], q[0], group=LoopbackGroup(1, 0), layout="thd",
+                                      cu_seqlens=[0, 2, 8]).shape == q[0].shape
 
 
 def _on_cpu(rank, n, transport):
@@ -96,3 +105,23 @@ def test_peer_copy_equals_p2p_bit_for_bit_across_calls():
     for a, b in zip(peer, p2p, strict=True):
         for x, y in zip(a, b, strict=True):
             assert torch.equal(x, y)
+
+
+class _TwoNodePair(LoopbackGroup):
+    """Two ranks on two nodes that would offer symmetric memory (there is none across nodes)."""
+
+    def peer_memory(self, device):
+        return object()
+
+    def topology(self, override=None):
+        from tasp_plugin.planning import Topology
+
+        return Topology.uniform(2, 1)
+
+
+@pytest.mark.parametrize("algorithm", ["zigzag", "ring", "hamilton_flat"])
+def test_peer_copy_is_refused_across_nodes_for_every_algorithm(monkeypatch, algorithm):
+    monkeypatch.setenv(checks.TRANSPORT_ENV, "peer_copy")
+    q = torch.randn(1, 8, 2, 4)
+    with pytest.raises(ValueError, match="peer_copy needs"):
+        context_parallel_attention(q, q, q, group=_TwoNodePair(2, 0), algorithm=algorithm)

@@ -196,7 +196,6 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, tokens:
                                  cu_seqlens_kv_padded=cu, max_seqlen_q=longest, max_seqlen_kv=longest)
         total_tokens = int((tokens[:, :-1] != eod).sum())  # an end-of-document token predicts nothing
     dp_cp = ps.get_data_parallel_group(with_context_parallel=True)
-    total_tokens = tokens.shape[0] * (tokens.shape[1] - 1)
     optimizer.zero_grad(set_to_none=True)
     per_token = model(batch["input_ids"], batch["position_ids"], None, labels=batch["labels"],
                       packed_seq_params=packed)

@@ -61,7 +61,7 @@ class EngineConfig:
             raise ValueError(f"the schedule is for {schedule.world_size} ranks but the group has {comm.size}")
         if transport not in TRANSPORTS:
             raise ValueError(f"unknown transport {transport!r}; choose one of {TRANSPORTS}")
-        if transport == "peer_copy" and peer is None:
+        if transport == "peer_copy" and peer is None and schedule.world_size > 1:
             raise ValueError("transport 'peer_copy' needs the group's PeerMemory (peer=)")
         if peer is not None and transport not in ("auto", "peer_copy"):
             raise ValueError(f"transport {transport!r} sends with RingExchange; peer= is for 'peer_copy' or 'auto'")

@@ -4,6 +4,8 @@ that cuts a causal-LM batch into one CP rank's zigzag shard. transformers is imp
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from ..api import context_parallel_attention
@@ -62,20 +64,23 @@ def _packed_documents(kwargs: dict) -> torch.Tensor | None:
     return torch.as_tensor(cu_q).cpu()
 
 
-_checked: list[tuple[int, int, tuple[int, ...], bool]] = []  # the last position_ids looked at, and the answer
+# the last position_ids looked at (a weak reference: the same tensor object, not the same memory), its
+# version, and the answer
+_checked: list[tuple[weakref.ref, int, bool]] = []
 
 
 def _restarts(position_ids: torch.Tensor | None) -> bool:
     """Whether positions decrease somewhere (packed documents whose positions restart; a zigzag shard of one
     sequence only ever increases). Looked at once per position tensor: every layer of a forward passes the
-    same one, and the answer costs a host sync."""
+    same object, and the answer costs a host sync."""
     if position_ids is None:
         return False
-    key = (position_ids.data_ptr(), position_ids._version, tuple(position_ids.shape))
-    if not _checked or _checked[0][:3] != key:
+    version = position_ids._version
+    same = bool(_checked) and _checked[0][0]() is position_ids and _checked[0][1] == version
+    if not same:
         answer = bool((position_ids[..., 1:] < position_ids[..., :-1]).any())
-        _checked[:] = [(*key, answer)]
-    return _checked[0][3]
+        _checked[:] = [(weakref.ref(position_ids), version, answer)]
+    return _checked[0][2]
 
 
 def _documents_from_positions(position_ids: torch.Tensor, group: object) -> torch.Tensor:

@@ -3,9 +3,10 @@ document ``d`` are rows ``cu_q[d]:cu_q[d+1]``, its keys rows ``cu_k[d]:cu_k[d+1]
 documents). A document with no keys in the block gives out 0 and LSE ``-inf``, like any row that sees no
 key, so the merge ignores it.
 
-On CUDA with fp16/bf16 and head_dim <= 256 it is PyTorch's flash varlen op (one kernel launch for all
-documents, GQA native); elsewhere it runs the block kernel once per document (the CPU path: correct, and
-a step still makes one engine-level call per block).
+On CUDA (Ampere or newer) with fp16/bf16, head_dim a multiple of 8 up to 256 and a fast backend (auto,
+cudnn, torch_flash, flash_attn) it is PyTorch's flash varlen op (one kernel launch for all documents, GQA
+native); elsewhere, or with backend math / torch_efficient, it runs the block kernel once per document
+(the CPU path: correct, and a step still makes one engine-level call per block).
 """
 
 from __future__ import annotations
@@ -20,8 +21,16 @@ _aten = torch.ops.aten
 Cu = tuple[int, ...]
 
 
-def _flash_fits(q: torch.Tensor) -> bool:
-    return q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256 and q.shape[0] == 1
+# block kernels standing for "the fast CUDA kernel" (the user did not ask for math, efficient or the CPU one)
+_FAST = ("auto", "cudnn", "torch_flash", "flash_attn")
+
+
+def _flash_fits(kernel: BlockKernel, q: torch.Tensor) -> bool:
+    """Whether PyTorch's flash varlen op takes this call: a fast backend, CUDA Ampere or newer, fp16/bf16,
+    head dim a multiple of 8 up to 256, one packed row."""
+    return (q.is_cuda and kernel.name in _FAST and q.dtype in (torch.float16, torch.bfloat16)
+            and q.shape[-1] <= 256 and q.shape[-1] % 8 == 0 and q.shape[0] == 1
+            and torch.cuda.get_device_capability(q.device)[0] >= 8)
 
 
 def _thd(x: torch.Tensor) -> torch.Tensor:
@@ -46,7 +55,7 @@ def _empty_rows(cu_q: Cu, cu_k: Cu) -> list[tuple[int, int]]:
 def varlen_forward(kernel: BlockKernel, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: Cu, cu_k: Cu,
                    causal: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(out, lse)`` of ``[B, H, L, D]`` blocks over packed documents (see the module docstring)."""
-    if _flash_fits(q):
+    if _flash_fits(kernel, q):
         out, lse, *_ = _aten._flash_attention_forward(
             _thd(q), _thd(k), _thd(v), _cu_tensor(cu_q, q.device), _cu_tensor(cu_k, q.device), _max(cu_q),
             max(_max(cu_k), 1), 0.0, causal, False, scale=scale)
@@ -72,7 +81,7 @@ def varlen_backward(kernel: BlockKernel, dout: torch.Tensor, q: torch.Tensor, k:
                     scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """This block's dq, dk, dv for the merged ``out`` and ``lse`` (see ``BlockKernel``), over packed
     documents."""
-    if _flash_fits(q):
+    if _flash_fits(kernel, q):
         seed = torch.zeros(2, dtype=torch.uint64, device=q.device)
         unused = torch.zeros((), dtype=torch.uint64, device=q.device)
         dq, dk, dv = _aten._flash_attention_backward(

@@ -133,6 +133,10 @@ class TASPCoreAttention(MegatronModule):
         if cu_q is None or cu_kv is None or not torch.equal(cu_q.cpu(), cu_kv.cpu()):
             raise ValueError("packed_seq_params needs cu_seqlens_q(_padded) equal to cu_seqlens_kv(_padded) "
                              "(self-attention over the same documents)")
+        if not causal and params.cu_seqlens_q is not None and not torch.equal(params.cu_seqlens_q.cpu(), cu_q.cpu()):
+            # the padding sits at the end of each document: causal queries never see it, others would
+            raise ValueError("non-causal attention over padded packed documents would attend to the padding; "
+                             "pad nothing (cu_seqlens_q_padded equal to cu_seqlens_q) or use a causal mask")
         group = LoopbackGroup(1, 0) if self.cp_group is None else tasp_groups_for(self.cp_group) or self.cp_group
         out = context_parallel_attention(query, key, value, group=group, algorithm=self.algorithm, causal=causal,
                                          softmax_scale=self.softmax_scale, layout="thd", cu_seqlens=cu_q.cpu())
