@@ -7,6 +7,8 @@ through ``0 * NaN``), an inf in ``out`` stays inf, and rows where both sides are
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 try:
@@ -62,7 +64,7 @@ def fused_merge_into(out: torch.Tensor, lse: torch.Tensor, block_out: torch.Tens
     grid = (bsz * heads, triton.cdiv(length, block_l))
     # Triton launches on the current device: make it the tensors' own (a rank may not have called
     # torch.cuda.set_device; a launch on another GPU with these pointers crashes the process)
-    with torch.cuda.device(out.device):
+    with torch.cuda.device(out.device) if out.is_cuda else contextlib.nullcontext():  # CPU: Triton's interpreter
         _merge[grid](out, lse, block_out, block_lse, heads, length, dim,
                      *out.stride()[:3], *lse.stride(), *block_out.stride()[:3], *block_lse.stride(),
                      BLOCK_L=block_l, BLOCK_D=triton.next_power_of_2(dim))
