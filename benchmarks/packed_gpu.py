@@ -16,33 +16,8 @@ import os
 import torch
 
 from tasp_plugin.bench import attention_flops, monolithic_seconds, per_rank_seconds
-from tasp_plugin.kernels import get_kernel, varlen_backward, varlen_forward
 
 HEADS, HEAD_DIM = 32, 128
-
-
-def packed_ideal_seconds(total: int, documents: int, kv_heads: int, causal: bool, backward: bool,
-                         reps: int = 3) -> float:
-    """One varlen call (forward, or forward + backward) over ``documents`` equal documents of ``total`` tokens."""
-    q = torch.randn(1, HEADS, total, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
-    k, v = (torch.randn(1, kv_heads, total, HEAD_DIM, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    cu = tuple(i * total // documents for i in range(documents + 1))
-    kernel = get_kernel("auto", q.device, q.dtype, HEAD_DIM)
-
-    def call() -> None:
-        out, lse = varlen_forward(kernel, q, k, v, cu, cu, causal, HEAD_DIM ** -0.5)
-        if backward:
-            varlen_backward(kernel, torch.ones_like(out), q, k, v, out, lse, cu, cu, causal, HEAD_DIM ** -0.5)
-
-    call()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        call()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / 1e3 / reps
 
 
 def main() -> None:
@@ -62,10 +37,7 @@ def main() -> None:
                 for docs in (1, args.documents):
                     got = per_rank_seconds(algorithm, args.n, args.local, HEADS, kv, HEAD_DIM, True, backward,
                                            documents=docs).seconds
-                    if docs == 1:
-                        ideal = monolithic_seconds(total, HEADS, kv, HEAD_DIM, True, backward) / args.n
-                    else:
-                        ideal = packed_ideal_seconds(total, docs, kv, True, backward) / args.n
+                    ideal = monolithic_seconds(total, HEADS, kv, HEAD_DIM, True, backward, documents=docs) / args.n
                     flops = attention_flops(1, HEADS, total // docs, total // docs, HEAD_DIM, True, backward) * docs
                     row[f"docs{docs}"] = {"ms": 1e3 * got, "ideal_ms": 1e3 * ideal, "efficiency": ideal / got,
                                           "tflops_per_gpu": flops / args.n / got / 1e12}

@@ -155,7 +155,7 @@ def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     agree_across_ranks(comm, mine, error)
     perm = options.layout.to_bhsd
     if packed is not None:  # [1, heads, tokens, dim], rows grouped [front pieces | back pieces]
-        order = _grouped_order(packed, comm.size, q.device)
+        order, back = _grouped_order(packed, comm.size, q.device)
         qh, kh, vh = (x.unsqueeze(0).permute(*perm).index_select(2, order) for x in (q, k, v))
     else:
         qh = q.permute(*perm).contiguous()
@@ -174,7 +174,6 @@ def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     out, lse = RingAttentionFunction.apply(qh, kh, vh, cfg)
     inverse = [perm.index(i) for i in range(4)]
     if packed is not None:
-        back = torch.argsort(order)
         out, lse = out.index_select(2, back).permute(*inverse)[0], lse.index_select(2, back)[0]
     else:
         out = out.permute(*inverse)
@@ -182,10 +181,7 @@ def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 
 
 @functools.lru_cache(maxsize=64)
-def _grouped_order_cached(cu: tuple[int, ...], cp_size: int, device: torch.device) -> torch.Tensor:
-    return grouped_local_order(cu, cp_size, device)
-
-
-def _grouped_order(cu: tuple[int, ...], cp_size: int, device: torch.device) -> torch.Tensor:
-    """The engine's row order of this rank's packed rows (cached per documents and device)."""
-    return _grouped_order_cached(cu, cp_size, device)
+def _grouped_order(cu: tuple[int, ...], cp_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The engine's row order of this rank's packed rows and its inverse (cached per documents and device)."""
+    order = grouped_local_order(cu, cp_size, device)
+    return order, torch.argsort(order)

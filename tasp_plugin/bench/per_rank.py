@@ -12,7 +12,7 @@ import torch
 
 from ..comm import LoopbackGroup
 from ..engine import EngineConfig, run_backward, run_forward
-from ..kernels import BlockKernel, get_kernel
+from ..kernels import BlockKernel, get_kernel, varlen_backward, varlen_forward
 from ..planning import Algorithm, PackedLayout, Sharding, Topology, parse_choice, resolve
 
 __all__ = ["KernelClock", "PerRankResult", "attention_flops", "monolithic_seconds", "per_rank_seconds"]
@@ -70,14 +70,22 @@ def _time(fn: Callable[[], object], reps: int) -> float:
 
 
 def monolithic_seconds(total: int, heads: int, kv_heads: int, head_dim: int, causal: bool, backward: bool,
-                       backend: str = "auto", dtype: torch.dtype = torch.bfloat16, reps: int = 3) -> float:
-    """One kernel call (forward, or forward + backward) over ``total`` tokens on the current GPU."""
+                       backend: str = "auto", dtype: torch.dtype = torch.bfloat16, reps: int = 3,
+                       documents: int = 1) -> float:
+    """One kernel call (forward, or forward + backward) over ``total`` tokens on the current GPU;
+    ``documents > 1``: as that many equal packed documents, one varlen call (what the packed path runs)."""
     kernel = get_kernel(backend, torch.device("cuda"), dtype, head_dim)
     q = torch.randn(1, heads, total, head_dim, device="cuda", dtype=dtype)
     k, v = (torch.randn(1, kv_heads, total, head_dim, device="cuda", dtype=dtype) for _ in range(2))
     scale = head_dim ** -0.5
+    cu = tuple(i * total // documents for i in range(documents + 1))
 
     def call() -> None:
+        if documents > 1:
+            out, lse = varlen_forward(kernel, q, k, v, cu, cu, causal, scale)
+            if backward:
+                varlen_backward(kernel, torch.ones_like(out), q, k, v, out, lse, cu, cu, causal, scale)
+            return
         out, lse = kernel.forward(q, k, v, causal, scale)
         if backward:
             kernel.backward(torch.ones_like(out), q, k, v, out, lse, causal, scale)

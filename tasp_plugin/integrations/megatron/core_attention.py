@@ -130,14 +130,18 @@ class TASPCoreAttention(MegatronModule):
                              "TASPCoreAttention; use 'thd'")
         cu_q = params.cu_seqlens_q_padded if params.cu_seqlens_q_padded is not None else params.cu_seqlens_q
         cu_kv = params.cu_seqlens_kv_padded if params.cu_seqlens_kv_padded is not None else params.cu_seqlens_kv
-        if cu_q is None or cu_kv is None or not torch.equal(cu_q.cpu(), cu_kv.cpu()):
+        if cu_q is None or cu_kv is None:
+            raise ValueError("packed_seq_params needs cu_seqlens_q(_padded) and cu_seqlens_kv(_padded)")
+        cu = cu_q.cpu()  # the one host copy of the boundaries (a device sync on GPUs)
+        if cu_kv is not cu_q and not torch.equal(cu, cu_kv.cpu()):
             raise ValueError("packed_seq_params needs cu_seqlens_q(_padded) equal to cu_seqlens_kv(_padded) "
                              "(self-attention over the same documents)")
-        if not causal and params.cu_seqlens_q is not None and not torch.equal(params.cu_seqlens_q.cpu(), cu_q.cpu()):
+        unpadded = params.cu_seqlens_q
+        if not causal and unpadded is not None and unpadded is not cu_q and not torch.equal(unpadded.cpu(), cu):
             # the padding sits at the end of each document: causal queries never see it, others would
             raise ValueError("non-causal attention over padded packed documents would attend to the padding; "
                              "pad nothing (cu_seqlens_q_padded equal to cu_seqlens_q) or use a causal mask")
         group = LoopbackGroup(1, 0) if self.cp_group is None else tasp_groups_for(self.cp_group) or self.cp_group
         out = context_parallel_attention(query, key, value, group=group, algorithm=self.algorithm, causal=causal,
-                                         softmax_scale=self.softmax_scale, layout="thd", cu_seqlens=cu_q.cpu())
+                                         softmax_scale=self.softmax_scale, layout="thd", cu_seqlens=cu)
         return out.reshape(out.shape[0], -1)
