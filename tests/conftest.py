@@ -1,5 +1,6 @@
-"""Shared fixtures, and the ``gpu`` marker: ``@pytest.mark.gpu`` (or ``gpu(2)`` for two GPUs) skips a test
-on machines with fewer CUDA devices, so GPU tests are selected or excluded with ``-m gpu``."""
+"""Shared fixtures, and two markers set here: ``@pytest.mark.gpu`` (or ``gpu(2)`` for two GPUs) skips a test
+on machines with fewer CUDA devices, so GPU tests are selected or excluded with ``-m gpu``; ``integration``
+marks every test of a framework integration file (what CI runs on the oldest megatron-core line)."""
 
 import os
 import tempfile
@@ -8,10 +9,15 @@ import pytest
 import torch
 import torch.distributed as dist
 
+# test files that drive megatron-core, DeepSpeed or transformers (by name prefix)
+INTEGRATION_FILES = ("test_megatron", "test_deepspeed", "test_hf", "test_examples")
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     available = torch.cuda.device_count() if torch.cuda.is_available() else 0
     for item in items:
+        if item.path.name.startswith(INTEGRATION_FILES):
+            item.add_marker(pytest.mark.integration)
         mark = item.get_closest_marker("gpu")
         if mark is None:
             continue

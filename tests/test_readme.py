@@ -39,9 +39,12 @@ def test_snippet_runs(code, tmp_path):
 
 
 def test_ci_runs_the_readme_test_command():
-    """`.ci/run` is the README's test command (install, then the suite), with ruff and mypy before the tests."""
+    """`.ci/run` runs the README's test command (install, then the suite) on the newest line, with ruff and mypy
+    before the tests, and the integration tests on the oldest line."""
     readme = (ROOT / "README.md").read_text()
     command = next(line for line in readme.splitlines() if line.endswith("python -m pytest -q"))
     install, tests = command.split(" && ")
     ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
-    assert ci[-4:] == [install, "ruff check .", "mypy", tests]
+    start = ci.index(install)
+    assert ci[start:start + 4] == [install, "ruff check .", "mypy", tests]
+    assert "megatron-core==0.16.1" in ci[ci.index("python -m pytest -q -m integration") - 1]

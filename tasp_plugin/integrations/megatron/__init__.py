@@ -1,6 +1,6 @@
 """Megatron-core integration: ``TASPCoreAttention`` for the ``core_attention`` slot, the GPT layer spec
 ``tasp_gpt_layer_spec`` (``--spec tasp_plugin.integrations.megatron tasp_gpt_layer_spec``) and a CPU-safe
-rotary embedding. Needs megatron-core 0.16.x (the newest for Python 3.11)."""
+rotary embedding. Needs megatron-core 0.16.x to 0.19.x (``versions`` holds the differences)."""
 
 from .core_attention import CP_COMM_TYPES, TASPCoreAttention, resolve_cp_comm_type
 from .groups import initialize_tasp_groups, tasp_groups_for

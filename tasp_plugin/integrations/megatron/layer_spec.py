@@ -23,6 +23,7 @@ from megatron.core.transformer.transformer_layer import (
 from megatron.core.utils import get_pg_rank
 
 from .core_attention import TASPCoreAttention
+from .versions import CP_COMM_TYPE_LIST_OFF_BY_ONE
 
 __all__ = ["TASPTransformerLayer", "build_tasp_gpt_layer_spec", "tasp_gpt_layer_spec"]
 
@@ -32,6 +33,7 @@ class TASPTransformerLayer(TransformerLayer):
 
     megatron-core 0.16 indexes that list with the 1-based layer number (each layer gets the next layer's
     entry and the last layer raises IndexError), so this layer sees a shallow config copy holding its entry.
+    The TASP spec uses it on 0.16 only (``versions.CP_COMM_TYPE_LIST_OFF_BY_ONE``); 0.17 fixed the index.
     """
 
     def __init__(self, config: TransformerConfig, submodules: TransformerLayerSubmodules, layer_number: int = 1,
@@ -48,13 +50,14 @@ class TASPTransformerLayer(TransformerLayer):
 
 def build_tasp_gpt_layer_spec(qk_layernorm: bool = False, normalization: str | None = None) -> ModuleSpec:
     """Megatron's local (no Transformer Engine) GPT layer spec with ``TASPCoreAttention`` as core attention
-    (and ``TASPTransformerLayer`` so that per-layer ``cp_comm_type`` lists work)."""
+    (and, on megatron-core 0.16, ``TASPTransformerLayer`` so that per-layer ``cp_comm_type`` lists work)."""
     spec = get_gpt_layer_local_spec(qk_layernorm=qk_layernorm, normalization=normalization)
     attention = spec.submodules.self_attention
     submodules = dataclasses.replace(attention.submodules, core_attention=TASPCoreAttention)
     self_attention = dataclasses.replace(attention, submodules=submodules)
     layer = dataclasses.replace(spec.submodules, self_attention=self_attention)
-    return dataclasses.replace(spec, module=TASPTransformerLayer, submodules=layer)
+    layer_class = TASPTransformerLayer if CP_COMM_TYPE_LIST_OFF_BY_ONE else spec.module
+    return dataclasses.replace(spec, module=layer_class, submodules=layer)
 
 
 class _CallableLayerSpec(ModuleSpec):

@@ -1,0 +1,215 @@
+"""Megatron-LM's own loop (``examples/megatron/pretrain_gpt_megatron_lm.py``) on CPU, up to the point where
+``initialize_megatron`` asserts CUDA: the documented command lines parse and pass Megatron's checks, ``--spec``
+loads the TASP layer spec, the model config builds a GPT whose attention slots hold ``TASPCoreAttention``,
+one step of the example's forward function trains it, and bad TASP settings fail before ``pretrain``.
+Also the version table of ``integrations.megatron.versions`` (on every supported megatron-core)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import re
+import shlex
+import sys
+import warnings
+
+import pytest
+import torch
+
+pytest.importorskip("megatron.core")
+warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex).*")
+
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec  # noqa: E402
+
+from tasp_plugin.integrations.megatron import TASPCoreAttention, TASPTransformerLayer, tasp_gpt_layer_spec  # noqa: E402
+from tasp_plugin.integrations.megatron.megatron_lm import check_megatron_lm_args  # noqa: E402
+from tasp_plugin.integrations.megatron.versions import (  # noqa: E402
+    CP_COMM_TYPE_LIST_OFF_BY_ONE,
+    MEGATRON_CORE_VERSION,
+    parse_version,
+    require_megatron_training,
+)
+from tasp_plugin.planning import Algorithm  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLE = os.path.join(REPO, "examples", "megatron", "pretrain_gpt_megatron_lm.py")
+HAS_TRAINING = MEGATRON_CORE_VERSION >= (0, 19) and importlib.util.find_spec("megatron.training") is not None
+needs_training = pytest.mark.skipif(not HAS_TRAINING, reason="needs megatron.training (megatron-core >= 0.19)")
+
+
+def test_version_strings_parse():
+    assert parse_version("0.19.2") == (0, 19)
+    assert parse_version("0.16.0rc0.dev100085") == (0, 16)
+    with pytest.raises(ValueError, match="version"):
+        parse_version("dev")
+
+
+def test_layer_class_follows_the_per_layer_index_fix():
+    """0.16 needs TASPTransformerLayer for per-layer cp_comm_type lists; 0.17+ index them right themselves."""
+    expected = TASPTransformerLayer if CP_COMM_TYPE_LIST_OFF_BY_ONE else get_gpt_layer_local_spec().module
+    assert tasp_gpt_layer_spec.module is expected
+    assert CP_COMM_TYPE_LIST_OFF_BY_ONE == (MEGATRON_CORE_VERSION < (0, 17))
+
+
+def test_require_megatron_training_names_what_to_install():
+    if HAS_TRAINING:
+        require_megatron_training()
+    else:
+        with pytest.raises(ImportError, match="megatron-core>=0.19"):
+            require_megatron_training()
+
+
+def _namespace(**overrides) -> argparse.Namespace:
+    settings = {"cp_comm_type": ["hamilton"], "spec": ["tasp_plugin.integrations.megatron", "tasp_gpt_layer_spec"],
+                "num_layers": 2, "attention_dropout": 0.0, "transformer_impl": "local", "no_persist_layer_norm": True,
+                "gradient_accumulation_fusion": False, **overrides}
+    return argparse.Namespace(**settings)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"spec": None}, "--cp-comm-type hamilton needs --spec tasp_plugin.integrations.megatron tasp_gpt_layer_spec"),
+    ({"spec": ["local"], "cp_comm_type": ["p2p", "zigzag"]}, "--cp-comm-type zigzag needs --spec"),
+    ({"cp_comm_type": ["a2a"]}, "--cp-comm-type a2a is not supported with --spec"),
+    ({"cp_comm_type": ["ring", "zigzag", "hamilton"]}, "3 values for 2 layers"),
+    ({"attention_dropout": 0.1}, "--attention-dropout 0.1 is not supported"),
+    ({"transformer_impl": "transformer_engine"}, "pass --transformer-impl local"),
+    ({"no_persist_layer_norm": False}, "pass --no-persist-layer-norm"),
+    ({"gradient_accumulation_fusion": True}, "pass --no-gradient-accumulation-fusion"),
+])
+def test_bad_tasp_settings_raise_one_line(overrides, message):
+    if "no_persist_layer_norm" in overrides or "gradient_accumulation_fusion" in overrides:
+        if importlib.util.find_spec("apex") is not None:
+            pytest.skip("Apex is installed: Megatron's fusions work with the TASP spec")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check_megatron_lm_args(_namespace(**overrides))
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"cp_comm_type": ["ring", "hamilton"]},
+    {"cp_comm_type": "P2P"},
+    {"spec": ["tasp_plugin.integrations.megatron.layer_spec", "tasp_gpt_layer_spec"]},
+    {"spec": None, "cp_comm_type": ["p2p"], "attention_dropout": 0.1, "transformer_impl": "transformer_engine"},
+])
+def test_good_settings_pass(overrides):
+    check_megatron_lm_args(_namespace(**overrides))
+
+
+def documented_command_lines() -> list[list[str]]:
+    """The arguments of every ``pretrain_gpt_megatron_lm.py`` command line in the README, the docs and the
+    example's own docstring (backslash continuations joined)."""
+    sources = [os.path.join(REPO, "README.md"), EXAMPLE,
+               *(os.path.join(REPO, "docs", name) for name in sorted(os.listdir(os.path.join(REPO, "docs")))
+                 if name.endswith(".md"))]
+    commands = []
+    for path in sources:
+        text = open(path, encoding="utf-8").read().replace("\\\\\n", " ").replace("\\\n", " ")
+        for line in text.splitlines():
+            words = shlex.split(line.split("#")[0]) if "pretrain_gpt_megatron_lm.py" in line else []
+            if "torchrun" in words:
+                commands.append(words[next(i for i, w in enumerate(words) if w.endswith("megatron_lm.py")) + 1:])
+    return commands
+
+
+def test_the_docs_show_the_megatron_lm_command_line():
+    commands = documented_command_lines()
+    assert len(commands) >= 3, "README, docs/MEGATRON.md and the example each show the torchrun line"
+    for words in commands:
+        assert "--spec" in words and "--cp-comm-type" in words
+
+
+@pytest.fixture
+def megatron_lm(monkeypatch):
+    """The example module, with Megatron-LM's globals cleared afterwards and the environment of rank 0 of a
+    2-process torchrun job; Megatron's one CUDA query in its argument checks answers "Hopper"."""
+    from megatron.training import arguments
+    from megatron.training.global_vars import unset_global_variables
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("CUDA_DEVICE_MAX_CONNECTIONS", "1")
+    monkeypatch.setattr(arguments, "get_device_arch_version", lambda: 9)
+    spec = importlib.util.spec_from_file_location("pretrain_gpt_megatron_lm", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    try:
+        yield module
+    finally:
+        unset_global_variables()
+
+
+def _run_main(module, monkeypatch, words: list[str]) -> tuple:
+    """``module.main()`` on ``words`` with ``pretrain`` recorded instead of run; returns its arguments."""
+    calls = []
+    monkeypatch.setattr(module, "pretrain", lambda *args, **kwargs: calls.append((args, kwargs)))
+    monkeypatch.setattr(sys, "argv", ["pretrain_gpt_megatron_lm.py", *words])
+    module.main()
+    (args, kwargs), = calls
+    return args
+
+
+@needs_training
+@pytest.mark.parametrize("index", range(3))
+def test_documented_command_line_reaches_pretrain(megatron_lm, monkeypatch, index):
+    words = documented_command_lines()[index]
+    config, provider, _, forward_step = _run_main(megatron_lm, monkeypatch, words)
+    transformer = config.model.transformer
+    assert config.model.transformer_layer_spec is tasp_gpt_layer_spec
+    assert transformer.context_parallel_size == int(words[words.index("--context-parallel-size") + 1])
+    assert transformer.cp_comm_type == words[words.index("--cp-comm-type") + 1]
+    assert provider is megatron_lm.datasets_provider and forward_step is megatron_lm.forward_step
+
+
+@needs_training
+def test_bad_settings_stop_before_pretrain(megatron_lm, monkeypatch):
+    words = documented_command_lines()[0]
+    words = [*words[:words.index("--spec")], *words[words.index("--spec") + 3:]]
+    with pytest.raises(ValueError, match="needs --spec"):
+        _run_main(megatron_lm, monkeypatch, words)
+
+
+@needs_training
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU stop; on GPUs the loop runs (device runs)")
+def test_pretrain_stops_at_the_cuda_assertion_on_cpu(megatron_lm, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["pretrain_gpt_megatron_lm.py", *documented_command_lines()[0]])
+    with pytest.raises(AssertionError, match="Megatron requires CUDA"):
+        megatron_lm.main()
+
+
+@needs_training
+def test_model_config_builds_tasp_attention_and_trains_one_step(megatron_lm, monkeypatch, single_rank_group):
+    """CP = 1 on CPU: the model Megatron-LM's builder makes from the parsed config (bf16, as documented) has
+    TASPCoreAttention in every layer, and the example's loss function gives a finite loss and gradients for
+    every parameter."""
+    from megatron.core import parallel_state
+    from megatron.core.process_groups_config import ProcessGroupCollection
+    from megatron.core.transformer.module import Float16Module
+
+    from tasp_plugin.integrations.megatron import make_rotary_cpu_safe
+
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    words = [*documented_command_lines()[0], "--num-layers", "2", "--hidden-size", "32", "--num-attention-heads",
+             "4", "--seq-length", "64", "--max-position-embeddings", "64", "--vocab-size", "128",
+             "--context-parallel-size", "1", "--global-batch-size", "1", "--use-cpu-initialization"]
+    config, *_ = _run_main(megatron_lm, monkeypatch, words)
+    parallel_state.initialize_model_parallel()
+    try:
+        torch.manual_seed(0)
+        model = config.model.get_builder_cls()(config.model).build_model(
+            ProcessGroupCollection.use_mpu_process_groups(), pre_process=True, post_process=True)
+        make_rotary_cpu_safe(model)
+        model = Float16Module(config.model.transformer, model)  # what pretrain wraps a --bf16 model in
+        attentions = [m for m in model.modules() if isinstance(m, TASPCoreAttention)]
+        assert len(attentions) == 2 and all(a.algorithm is Algorithm.HAMILTON for a in attentions)
+        tokens = torch.randint(0, 128, (1, 64))
+        positions = torch.arange(64).unsqueeze(0)
+        mask = torch.ones(1, 64)
+        output = model(tokens, positions, None, labels=tokens.roll(-1, 1), loss_mask=mask)
+        loss, count, report = megatron_lm.loss_func(mask, output)
+        (loss / count).backward()
+        assert count == 64 and torch.isfinite(loss) and report["lm loss"][1] == 64
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    finally:
+        parallel_state.destroy_model_parallel()
