@@ -32,8 +32,6 @@ from tasp_plugin.comm import PeerMemory
 from tasp_plugin.sharding import shard_sequence
 from tasp_plugin.training.launch import local_device
 
-HEAD_DIM = 128
-
 
 def _sdpa_backend(name: str) -> contextlib.AbstractContextManager:
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -137,10 +135,11 @@ def _cell(args: argparse.Namespace, local: int, kv_heads: int, backward: bool, d
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     total = n * local
     g = torch.Generator(device="cpu").manual_seed(local + kv_heads)
-    q, k, v = (torch.randn(1, h, total, HEAD_DIM, generator=g, dtype=dtype) for h in (args.heads, kv_heads, kv_heads))
-    dout = torch.randn(1, args.heads, total, HEAD_DIM, generator=g, dtype=dtype)
+    q, k, v = (torch.randn(1, h, total, args.head_dim, generator=g, dtype=dtype)
+               for h in (args.heads, kv_heads, kv_heads))
+    dout = torch.randn(1, args.heads, total, args.head_dim, generator=g, dtype=dtype)
     shards = [shard_sequence(x, rank, n, 2).to(device) for x in (q, k, v, dout)]
-    flops = attention_flops(1, args.heads, total, total, HEAD_DIM, args.causal, backward)
+    flops = attention_flops(1, args.heads, total, total, args.head_dim, args.causal, backward)
     rows = []
 
     def measure(name: str, fn: Callable, inputs: list[torch.Tensor], context) -> dict:
@@ -258,6 +257,7 @@ def main() -> None:
     p.add_argument("--tokens", type=int, nargs="+", default=[8192, 32768, 65536], help="tokens per GPU")
     p.add_argument("--kv-heads", type=int, nargs="+", default=[32, 8])
     p.add_argument("--heads", type=int, default=32)
+    p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--phases", nargs="+", default=["fwd", "fwd+bwd"], choices=["fwd", "fwd+bwd"])
     p.add_argument("--algorithms", nargs="+", default=["zigzag", "hamilton"])
     p.add_argument("--transports", nargs="+", default=["p2p", "peer_copy"])
@@ -289,7 +289,7 @@ def _write(rows: list[dict], args: argparse.Namespace, device: torch.device) -> 
     table = _markdown(rows, dist.get_world_size(), name)
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {"world_size": dist.get_world_size(), "device": name, "torch": torch.__version__,
-            "heads": args.heads, "head_dim": HEAD_DIM, "causal": args.causal, "warmup": args.warmup,
+            "heads": args.heads, "head_dim": args.head_dim, "causal": args.causal, "warmup": args.warmup,
             "iters": args.iters, "calls_per_sample": args.calls,
             "nccl": ".".join(map(str, torch.cuda.nccl.version())) if device.type == "cuda" else None}
     (args.out / "peers.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))

@@ -11,7 +11,9 @@ import importlib.util
 import os
 import re
 import shlex
+import subprocess
 import sys
+import types
 import warnings
 
 import pytest
@@ -29,6 +31,7 @@ from tasp_plugin.integrations.megatron.versions import (  # noqa: E402
     MEGATRON_CORE_VERSION,
     parse_version,
     require_megatron_training,
+    use_shipped_dataset_helpers,
 )
 from tasp_plugin.planning import Algorithm  # noqa: E402
 
@@ -58,6 +61,23 @@ def test_require_megatron_training_names_what_to_install():
     else:
         with pytest.raises(ImportError, match="megatron-core>=0.19"):
             require_megatron_training()
+
+
+def test_dataset_helper_build_uses_the_shipped_module(monkeypatch):
+    """initialize_megatron runs `make` on megatron/core/datasets, whose Makefile the wheel leaves out (this
+    failed the first GPU run of the example); with the compiled helper installed, nothing is built."""
+    from megatron.core.datasets import utils
+
+    if importlib.util.find_spec("megatron.core.datasets.helpers_cpp") is None:
+        pytest.skip("this megatron-core has no compiled dataset helper")
+    makefile = os.path.exists(os.path.join(os.path.dirname(utils.__file__), "Makefile"))
+    monkeypatch.setattr(utils, "compile_helpers", utils.compile_helpers)  # restored after the test
+    runs = []
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: runs.append(a) or types.SimpleNamespace(returncode=2))
+    assert use_shipped_dataset_helpers() is not makefile
+    if not makefile:
+        utils.compile_helpers()
+        assert runs == []
 
 
 def _namespace(**overrides) -> argparse.Namespace:
@@ -123,9 +143,11 @@ def test_the_docs_show_the_megatron_lm_command_line():
 def megatron_lm(monkeypatch):
     """The example module, with Megatron-LM's globals cleared afterwards and the environment of rank 0 of a
     2-process torchrun job; Megatron's one CUDA query in its argument checks answers "Hopper"."""
+    from megatron.core.datasets import utils
     from megatron.training import arguments
     from megatron.training.global_vars import unset_global_variables
 
+    monkeypatch.setattr(utils, "compile_helpers", utils.compile_helpers)  # main() may replace it
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("LOCAL_RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -160,6 +182,39 @@ def test_documented_command_line_reaches_pretrain(megatron_lm, monkeypatch, inde
     assert transformer.context_parallel_size == int(words[words.index("--context-parallel-size") + 1])
     assert transformer.cp_comm_type == words[words.index("--cp-comm-type") + 1]
     assert provider is megatron_lm.datasets_provider and forward_step is megatron_lm.forward_step
+    from megatron.core.datasets import utils
+
+    assert utils.compile_helpers.__module__ == "tasp_plugin.integrations.megatron.versions"  # no `make`
+
+
+def _benchmark():
+    spec = importlib.util.spec_from_file_location("megatron_lm_gpu", os.path.join(REPO, "benchmarks",
+                                                                                  "megatron_lm_gpu.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_reads_megatrons_log_line():
+    """The line format of megatron.training's training_log, as 0.19 prints it."""
+    line = (" [2026-11-30 10:00:00.000000] iteration       12/     100 | consumed samples:           48 | elapsed "
+            "time per iteration (ms): 153.2 | throughput per GPU (TFLOP/s/GPU): 210.4 | learning rate: 2.9E-04 | "
+            "global batch size:     4 | lm loss: 7.512345E+00 | loss scale: 1.0 | grad norm: 1.234 |")
+    bench = _benchmark()
+    records = bench.parse_log("noise\n" + line + "\n")
+    assert records == [{"iteration": 12, "ms": 153.2, "loss": 7.512345}]
+    summary = bench.summarize(records * 3, tokens_per_iteration=4 * 16384, warmup=0)
+    assert summary["tokens_per_s"] == pytest.approx(4 * 16384 / 0.1532)
+
+
+@needs_training
+@pytest.mark.parametrize("name", ["hamilton", "zigzag", "cp1"])
+def test_benchmark_runs_pass_the_example_checks(megatron_lm, monkeypatch, name):
+    gpus, words = _benchmark().command(name, 16384, 100, 4)
+    monkeypatch.setenv("WORLD_SIZE", str(gpus))
+    config, *_ = _run_main(megatron_lm, monkeypatch, words)
+    assert config.model.transformer.context_parallel_size == gpus
+    assert config.model.transformer.hidden_dropout == 0 == config.model.transformer.attention_dropout
 
 
 @needs_training

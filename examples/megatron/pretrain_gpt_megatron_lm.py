@@ -10,9 +10,10 @@ The plugin enters through two of its flags, ``--spec tasp_plugin.integrations.me
         --context-parallel-size 2 --cp-comm-type zigzag --attention-dropout 0 \\
         --spec tasp_plugin.integrations.megatron tasp_gpt_layer_spec --transformer-impl local \\
         --no-persist-layer-norm --no-gradient-accumulation-fusion \\
-        --mock-data --tokenizer-type NullTokenizer --vocab-size 4096 --num-layers 2 --hidden-size 256 \\
-        --num-attention-heads 4 --seq-length 4096 --max-position-embeddings 4096 --micro-batch-size 1 \\
-        --global-batch-size 2 --bf16 --lr 3e-4 --train-iters 20 --log-interval 5 --eval-iters 0
+        --mock-data --no-create-attention-mask-in-dataloader --tokenizer-type NullTokenizer \\
+        --vocab-size 4096 --num-layers 2 --hidden-size 256 --num-attention-heads 4 --seq-length 4096 \\
+        --max-position-embeddings 4096 --micro-batch-size 1 --global-batch-size 2 --bf16 --lr 3e-4 \\
+        --train-iters 20 --log-interval 5 --eval-iters 0 --eval-interval 1000
 
 The batch path is Megatron-LM's ``pretrain_gpt.py`` one: TP rank 0 reads the loader, the batch is broadcast
 over tensor parallelism, and ``get_batch_on_this_cp_rank`` cuts each sequence into the zigzag shards that
@@ -44,6 +45,7 @@ from megatron.training.arguments import parse_and_validate_args  # noqa: E402
 from megatron.training.utils import get_blend_and_blend_per_split, is_first_or_last_pipeline_stage  # noqa: E402
 
 from tasp_plugin.integrations.megatron.megatron_lm import check_megatron_lm_args  # noqa: E402
+from tasp_plugin.integrations.megatron.versions import use_shipped_dataset_helpers  # noqa: E402
 
 BATCH_KEYS = ("tokens", "labels", "loss_mask", "attention_mask", "position_ids")
 
@@ -135,6 +137,7 @@ def main() -> None:
     """Parse Megatron-LM's command line, check the TASP settings, and run Megatron-LM's ``pretrain``."""
     args = parse_and_validate_args(args_defaults={"tokenizer_type": "NullTokenizer"})
     check_megatron_lm_args(args)
+    use_shipped_dataset_helpers()  # the pip wheel has the compiled helper but not the Makefile Megatron runs
     config = pretrain_cfg_container_from_args(args, gpt_config_from_args(args))
     pretrain(config, datasets_provider, ModelType.encoder_or_decoder, forward_step)
 

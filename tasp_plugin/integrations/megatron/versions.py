@@ -7,17 +7,21 @@ Supported: 0.16.x (the newest for Python 3.10/3.11) through 0.19.x (Python >= 3.
   layer's entry, the last one raises IndexError); 0.17 fixed it (``layer_number - 1``).
 - From 0.17 the wheel ships ``megatron.training`` (Megatron-LM's loop); 0.19 changed ``pretrain`` to take a
   ``PretrainConfigContainer`` and a model config, which is what the Megatron-LM style example calls.
+- The wheels ship the dataset index helper compiled (``helpers_cpp``) but not the Makefile that
+  ``initialize_megatron`` runs ``make`` on, so that loop exits on rank 0 (``use_shipped_dataset_helpers``).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import warnings
 
 from megatron.core import __version__ as _megatron_core_version
 
-__all__ = ["CP_COMM_TYPE_LIST_OFF_BY_ONE", "MEGATRON_CORE_VERSION", "SUPPORTED", "require_megatron_training"]
+__all__ = ["CP_COMM_TYPE_LIST_OFF_BY_ONE", "MEGATRON_CORE_VERSION", "SUPPORTED", "require_megatron_training",
+           "use_shipped_dataset_helpers"]
 
 SUPPORTED = ((0, 16), (0, 19))  # oldest and newest supported (major, minor), both ends included
 
@@ -47,3 +51,22 @@ def require_megatron_training() -> None:
     if MEGATRON_CORE_VERSION < (0, 19) or importlib.util.find_spec("megatron.training") is None:
         raise ImportError(f"this needs megatron.training from megatron-core >= 0.19 (Python >= 3.12); found "
                           f"megatron-core {_megatron_core_version}: pip install 'megatron-core>=0.19,<0.20'")
+
+
+def use_shipped_dataset_helpers() -> bool:
+    """Make Megatron's dataset-helper build a no-op where the compiled ``helpers_cpp`` is installed but its
+    Makefile is not (a pip-installed wheel); returns whether it did. A source checkout still builds."""
+    from megatron.core.datasets import utils
+
+    source = os.path.dirname(os.path.abspath(utils.__file__))
+    if os.path.exists(os.path.join(source, "Makefile")):
+        return False
+    if importlib.util.find_spec("megatron.core.datasets.helpers_cpp") is None:
+        return False
+    utils.compile_helpers = _shipped_helpers
+    return True
+
+
+def _shipped_helpers() -> None:
+    """Stands in for ``compile_helpers``: the compiled module is already there, so just load it."""
+    importlib.import_module("megatron.core.datasets.helpers_cpp")
