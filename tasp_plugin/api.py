@@ -12,11 +12,20 @@ from typing import Literal, overload
 import torch
 import torch.distributed as dist
 
-from .checks import TRANSPORT_ENV, agree_across_ranks, check_call, check_options, check_packed, fingerprint, gpu_name
-from .comm import Communicator, PeerMemory, as_communicator
-from .engine import EngineConfig, RingAttentionFunction
+from .checks import (
+    TRANSPORT_ENV,
+    agree_across_ranks,
+    check_call,
+    check_hybrid,
+    check_options,
+    check_packed,
+    fingerprint,
+    gpu_name,
+)
+from .comm import Communicator, PeerMemory, SubCommunicator, as_communicator
+from .engine import EngineConfig, RingAttentionFunction, heads_to_seq, seq_to_heads
 from .kernels import get_kernel
-from .planning import Algorithm, Layout, PackedLayout, Resolution, Topology, resolve
+from .planning import Algorithm, HybridLayout, Layout, PackedLayout, Resolution, Topology, resolve
 from .sharding import grouped_local_order
 from .topology import CPGroups, resolve_topology
 
@@ -83,7 +92,8 @@ def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
                                softmax_scale: float | None = None, layout: Layout | str = Layout.BSHD,
                                backend: str = "auto", return_lse: Literal[False] = False,
                                topology: Topology | str | None = None,
-                               cu_seqlens: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor: ...
+                               cu_seqlens: Sequence[int] | torch.Tensor | None = None,
+                               ulysses_size: int = 1) -> torch.Tensor: ...
 
 
 @overload
@@ -93,7 +103,7 @@ def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
                                softmax_scale: float | None = None, layout: Layout | str = Layout.BSHD,
                                backend: str = "auto", return_lse: Literal[True],
                                topology: Topology | str | None = None,
-                               cu_seqlens: Sequence[int] | torch.Tensor | None = None
+                               cu_seqlens: Sequence[int] | torch.Tensor | None = None, ulysses_size: int = 1
                                ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
@@ -103,7 +113,7 @@ def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
                                algorithm: Algorithm | str = Algorithm.HAMILTON, causal: bool = True,
                                softmax_scale: float | None = None, layout: Layout | str = Layout.BSHD,
                                backend: str = "auto", return_lse: bool = False, topology: Topology | str | None = None,
-                               cu_seqlens: Sequence[int] | torch.Tensor | None = None
+                               cu_seqlens: Sequence[int] | torch.Tensor | None = None, ulysses_size: int = 1
                                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]: ...
 
 
@@ -113,7 +123,7 @@ def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
                                softmax_scale: float | None = None, layout: Layout | str = Layout.BSHD,
                                backend: str = "auto", return_lse: bool = False,
                                topology: Topology | str | None = None,
-                               cu_seqlens: Sequence[int] | torch.Tensor | None = None
+                               cu_seqlens: Sequence[int] | torch.Tensor | None = None, ulysses_size: int = 1
                                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention of this rank's local query shard over the whole (sharded) sequence of the CP group.
 
@@ -129,12 +139,19 @@ def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ``sharding.shard_packed``) and ``cu_seqlens``, the global cumulative document lengths (padded: every
     document a multiple of 2 x CP size; the same on every rank). Attention stays inside each document; the
     LSE is ``[heads, tokens]``.
+
+    Head x sequence hybrid: ``ulysses_size=u > 1`` splits the CP group into all-to-all groups of ``u``
+    consecutive ranks and ring groups of ``n / u`` (``planning.HybridLayout``): an all-to-all swaps the
+    sequence shards of ``u`` ranks for ``1 / u`` of the heads, ``algorithm`` runs over the ring group, and a
+    second all-to-all brings the output back. ``u`` must divide the CP size and the query heads; the K/V heads
+    must divide ``u`` (they are then repeated) or be divisible by it. The inputs stay zigzag shards over the
+    whole CP group.
     """
     error: Exception | None = None
     mine = None
     try:
         options = check_call(q, k, v, algorithm=algorithm, causal=causal, softmax_scale=softmax_scale,
-                             layout=layout, backend=backend, return_lse=return_lse)
+                             layout=layout, backend=backend, return_lse=return_lse, ulysses_size=ulysses_size)
     except (TypeError, ValueError) as exc:
         error = exc
     try:
@@ -148,6 +165,7 @@ def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
             resolve_topology(topology, comm.size)
             kernel = get_kernel(options.backend, q.device, q.dtype, q.shape[-1])
             packed = check_packed(options.layout, cu_seqlens, q, comm.size)
+            hybrid = check_hybrid(options, q, k, comm.size)
             mine = fingerprint(options, q, k, v, topology, packed)
         except (TypeError, ValueError) as exc:
             error = exc
@@ -161,7 +179,12 @@ def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
         qh = q.permute(*perm).contiguous()
         kh, vh = k.permute(*perm), v.permute(*perm)
     chosen = options.algorithm
-    topo = _topology(comm, chosen, topology)
+    if hybrid is not None:
+        comm, (qh, kh, vh), a2a = _to_heads(comm, hybrid, qh, kh, vh)
+        topo = comm.topology(topology) if chosen in _NEEDS_TOPOLOGY and comm.size > 1 else Topology.uniform(
+            1, comm.size)
+    else:
+        topo = _topology(comm, chosen, topology)
     if chosen is Algorithm.AUTO and qh.is_cuda and comm.size > 1:
         # on GPUs "auto" asks the cost model (interconnect: $TASP_INTERCONNECT or the GPU's name)
         chosen = auto_algorithm(topo, (qh.shape[0], qh.shape[1], kh.shape[1], qh.shape[2], qh.shape[3]),
@@ -172,12 +195,27 @@ def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
                               transport=options.transport, peer=_peer_memory(comm, options.transport, topology, qh),
                               packed=None if packed is None else PackedLayout.from_cu_seqlens(packed, comm.size))
     out, lse = RingAttentionFunction.apply(qh, kh, vh, cfg)
+    if hybrid is not None:
+        out = heads_to_seq(out, a2a, hybrid)
+        lse = heads_to_seq(lse.unsqueeze(-1), a2a, hybrid).squeeze(-1)
     inverse = [perm.index(i) for i in range(4)]
     if packed is not None:
         out, lse = out.index_select(2, back).permute(*inverse)[0], lse.index_select(2, back)[0]
     else:
         out = out.permute(*inverse)
     return (out, lse) if options.return_lse else out
+
+
+def _to_heads(comm: Communicator, hybrid: HybridLayout, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+              ) -> tuple[Communicator, tuple[torch.Tensor, torch.Tensor, torch.Tensor], Communicator]:
+    """The Ulysses stage: the ring group's communicator, q/k/v ``[b, h / u, u * s, d]`` after the all-to-all
+    (K/V heads repeated first where they are fewer than ``u``), and the all-to-all group's communicator."""
+    a2a = SubCommunicator(comm, hybrid.a2a_members(comm.rank))
+    ring = SubCommunicator(comm, hybrid.ring_members(comm.rank))
+    repeats = hybrid.kv_repeats(q.shape[1], k.shape[1])
+    if repeats > 1:
+        k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
+    return ring, (seq_to_heads(q, a2a, hybrid), seq_to_heads(k, a2a, hybrid), seq_to_heads(v, a2a, hybrid)), a2a
 
 
 @functools.lru_cache(maxsize=64)

@@ -20,12 +20,12 @@ import torch
 
 from .comm import TRANSPORTS, Communicator, ProcessGroupCommunicator
 from .kernels import BACKENDS
-from .planning import Algorithm, Layout, Topology, parse_choice
+from .planning import Algorithm, HybridLayout, Layout, Topology, parse_choice
 from .sharding import check_cu_seqlens
 from .topology import TOPOLOGY_ENV, gather_objects
 
-__all__ = ["CHECK_ENV", "TRANSPORT_ENV", "CallOptions", "agree_across_ranks", "check_call", "check_options",
-           "check_packed", "env_flag", "fingerprint", "gpu_name", "transport_choice"]
+__all__ = ["CHECK_ENV", "TRANSPORT_ENV", "CallOptions", "agree_across_ranks", "check_call", "check_hybrid",
+           "check_options", "check_packed", "env_flag", "fingerprint", "gpu_name", "transport_choice"]
 
 CHECK_ENV = "TASP_CHECK_SHAPES"
 TRANSPORT_ENV = "TASP_TRANSPORT"  # one of comm.TRANSPORTS; how K/V and the gradients travel
@@ -56,6 +56,7 @@ class CallOptions:
     backend: str
     return_lse: bool
     transport: str = "auto"
+    ulysses_size: int = 1
 
 
 def _check_scale(softmax_scale: object) -> float | None:
@@ -114,7 +115,7 @@ def check_options(layout: str | None = None, algorithm: str | None = None, backe
 
 
 def check_call(q: object, k: object, v: object, *, algorithm: object, causal: object, softmax_scale: object,
-               layout: object, backend: object, return_lse: object) -> CallOptions:
+               layout: object, backend: object, return_lse: object, ulysses_size: object = 1) -> CallOptions:
     """Every argument of ``context_parallel_attention`` on its own; ``TypeError``/``ValueError`` naming it."""
     chosen = parse_choice(Algorithm, algorithm, "algorithm")
     dims = parse_choice(Layout, layout, "layout")
@@ -126,8 +127,10 @@ def check_call(q: object, k: object, v: object, *, algorithm: object, causal: ob
     check_options(backend=backend)
     scale = _check_scale(softmax_scale)
     _check_tensors(q, k, v, dims)
+    if isinstance(ulysses_size, bool) or not isinstance(ulysses_size, int) or ulysses_size < 1:
+        raise TypeError(f"ulysses_size must be a positive integer, got {ulysses_size!r}")
     assert isinstance(causal, bool) and isinstance(return_lse, bool)
-    return CallOptions(chosen, dims, causal, scale, backend, return_lse, transport_choice())
+    return CallOptions(chosen, dims, causal, scale, backend, return_lse, transport_choice(), ulysses_size)
 
 
 def transport_choice() -> str:
@@ -158,6 +161,19 @@ def check_packed(layout: Layout, cu_seqlens: object, q: torch.Tensor, cp_size: i
     return tuple(check_cu_seqlens(cu_seqlens, cp_size, total=q.shape[0] * cp_size))
 
 
+def check_hybrid(options: CallOptions, q: torch.Tensor, k: torch.Tensor, cp_size: int) -> HybridLayout | None:
+    """The Ulysses x ring split for ``options.ulysses_size`` (None for 1): it must divide the CP group and the
+    query heads, and the K/V heads must divide it or be divisible by it. Packed documents are not split."""
+    if options.ulysses_size == 1:
+        return None
+    if options.layout is Layout.THD:
+        raise ValueError("ulysses_size > 1 does not take packed documents (layout 'thd') yet; use ulysses_size=1")
+    hybrid = HybridLayout.of(cp_size, options.ulysses_size)
+    head_axis = options.layout.to_bhsd[1]
+    hybrid.kv_repeats(q.shape[head_axis], k.shape[head_axis])
+    return hybrid
+
+
 @functools.cache
 def gpu_name(index: int | None) -> str:
     """The CUDA device's name (a driver query: asked once per device, not on every call)."""
@@ -175,6 +191,7 @@ def fingerprint(options: CallOptions, q: torch.Tensor, k: torch.Tensor, v: torch
         "softmax_scale": options.softmax_scale, "layout": options.layout.value, "backend": options.backend,
         "topology": topology, f"${TOPOLOGY_ENV}": os.environ.get(TOPOLOGY_ENV, ""),
         "$TASP_INTERCONNECT": os.environ.get("TASP_INTERCONNECT", ""), "transport": options.transport, "GPU": gpu,
+        "ulysses_size": options.ulysses_size,
         # packed or not always; the documents themselves change every batch, so they are compared only with
         # TASP_CHECK_SHAPES=1 (a new fingerprint per batch would gather on every step)
         "cu_seqlens": None if cu_seqlens is None else (

@@ -26,6 +26,11 @@ EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 ATTENTION_CASES = [(2, "hamilton", True), (3, "hamilton", True), (3, "ring", False), (4, "hamilton", True),
                    (4, "zigzag", True), (5, "auto", True), (8, "hamilton", True), (8, "p2p", False)]
 GPT_CASES = [(cp, algo) for cp in (2, 4, 8) for algo in ("hamilton", "ring", "zigzag")]
+# head x sequence hybrids: (CP size, cp_comm_type, hierarchical_context_parallel_sizes)
+HYBRID_ATTENTION_CASES = [(4, "a2a", None, True), (4, "a2a+p2p", (2, 2), False), (8, "a2a+hamilton", (4, 2), True),
+                          (8, "a2a+p2p", (2, 4), True)]
+HYBRID_GPT_CASES = [(4, "a2a", None), (4, "a2a+hamilton", (2, 2)), (8, "a2a+p2p", (2, 4)),
+                    (8, "a2a+hamilton", (4, 2))]
 CURVE_STEPS = 20
 
 
@@ -37,15 +42,16 @@ def load_example():
     return module
 
 
-def _config(cp: int, cp_comm_type, **extra):
+def _config(cp: int, cp_comm_type, hierarchical=None, **extra):
     from megatron.core.transformer import TransformerConfig
 
     return TransformerConfig(num_layers=2, hidden_size=32, num_attention_heads=4, num_query_groups=2,
                              context_parallel_size=cp, cp_comm_type=cp_comm_type, attention_dropout=0.0,
-                             cuda_graph_scope=[], **extra)
+                             cuda_graph_scope=[],
+                             hierarchical_context_parallel_sizes=hierarchical and list(hierarchical), **extra)
 
 
-def _attention_case(rank: int, group, n: int, algorithm: str, causal: bool) -> dict[str, float]:
+def _attention_case(rank: int, group, n: int, algorithm: str, causal: bool, hierarchical=None) -> dict[str, float]:
     """Max abs error of this rank's output and q/k/v gradients against float64 reference attention."""
     from megatron.core.process_groups_config import ProcessGroupCollection
     from megatron.core.transformer.enums import AttnMaskType
@@ -59,8 +65,8 @@ def _attention_case(rank: int, group, n: int, algorithm: str, causal: bool) -> d
     grad_out = torch.randn(s, b, h * d, generator=gen, dtype=torch.float64)
     pg = ProcessGroupCollection(cp=group) if group is not None else None
     mask = AttnMaskType.causal if causal else AttnMaskType.no_mask
-    attn = TASPCoreAttention(_config(n, algorithm), layer_number=1, attn_mask_type=mask, attention_type="self",
-                             pg_collection=pg)
+    attn = TASPCoreAttention(_config(n, algorithm, hierarchical), layer_number=1, attn_mask_type=mask,
+                             attention_type="self", pg_collection=pg)
     local = [shard_sequence(t, rank, n, seq_dim=0).requires_grad_() for t in (q, k, v)]
     out = attn(*local, None)
     (out * shard_sequence(grad_out, rank, n, seq_dim=0)).sum().backward()
@@ -75,9 +81,10 @@ def _attention_case(rank: int, group, n: int, algorithm: str, causal: bool) -> d
     return errors
 
 
-def _gpt_run(example, cp: int, algo, steps: int, dtype: str, layers: int = 2) -> tuple[list[float], dict, list[str]]:
-    """Losses of ``steps`` training steps, the gradients of the last step, and the algorithm each layer's
-    core attention resolved, on Megatron's already initialised groups with CP = ``cp``."""
+def _gpt_run(example, cp: int, algo, steps: int, dtype: str, layers: int = 2,
+             hierarchical=None) -> tuple[list[float], dict, list]:
+    """Losses of ``steps`` training steps, the gradients of the last step, and the algorithm (with the
+    all-to-all size, for hybrids) each layer's core attention resolved, on Megatron's initialised groups."""
     from tasp_plugin.integrations.megatron import TASPCoreAttention
     from tasp_plugin.training.data import load_corpus, token_batches
 
@@ -85,12 +92,14 @@ def _gpt_run(example, cp: int, algo, steps: int, dtype: str, layers: int = 2) ->
                                 "--hidden-size", "32", "--ffn-hidden-size", "64", "--dtype", dtype,
                                 "--global-batch-size", "8"])
     cfg["cp_comm_type"] = algo
+    cfg["hierarchical_context_parallel_sizes"] = hierarchical and list(hierarchical)
     model = example.build_model(cfg, torch.device("cpu"))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     batches = token_batches(load_corpus(max_bytes=200_000), seq_len=32, batch_size=8, seed=3)
     losses = [example.train_step(model, optimizer, next(batches)) for _ in range(steps)]
     grads = {name: p.grad.clone() for name, p in model.named_parameters()}
-    algorithms = [m.algorithm for m in model.modules() if isinstance(m, TASPCoreAttention)]
+    algorithms = [m.algorithm if hierarchical is None and "a2a" not in str(algo) else (m.algorithm, m.ulysses_size)
+                  for m in model.modules() if isinstance(m, TASPCoreAttention)]
     return losses, grads, algorithms
 
 
@@ -123,6 +132,10 @@ def _world8(rank: int, world: int, out_dir: str) -> dict:
     for n, algorithm, causal in ATTENTION_CASES:
         if rank < n:
             result["attention"][(n, algorithm, causal)] = _attention_case(rank, subgroups[n], n, algorithm, causal)
+    for n, algorithm, hierarchical, causal in HYBRID_ATTENTION_CASES:
+        if rank < n:
+            result["attention"][(n, algorithm, hierarchical, causal)] = _attention_case(
+                rank, subgroups[n], n, algorithm, causal, hierarchical)
 
     example = load_example()
     for cp in (1, 2, 4, 8):  # one parallel_state per CP size: gloo groups are not freed between runs
@@ -132,6 +145,9 @@ def _world8(rank: int, world: int, out_dir: str) -> dict:
             result["gpt"]["curve1"] = _gpt_run(example, 1, "hamilton", CURVE_STEPS, "float32", layers=1)[0]
         for algo in ("hamilton", "ring", "zigzag") if cp > 1 else ():
             result["gpt"][(cp, algo)] = _gpt_run(example, cp, algo, 2, "float64")
+        for case in HYBRID_GPT_CASES:
+            if case[0] == cp:
+                result["gpt"][case] = _gpt_run(example, cp, case[1], 2, "float64", hierarchical=case[2])
         if cp == 2:
             result["gpt"]["per_layer"] = _gpt_run(example, 2, ["ring", "hamilton"], 1, "float64")
         if cp == 8:
@@ -164,7 +180,8 @@ def world8(tmp_path_factory) -> list[dict]:
     return run_forked(_world8, 8, str(tmp_path_factory.mktemp("megatron_run")))
 
 
-@pytest.mark.parametrize("case", ATTENTION_CASES + [("parallel_state", "hamilton", True)], ids=str)
+@pytest.mark.parametrize("case", ATTENTION_CASES + HYBRID_ATTENTION_CASES + [("parallel_state", "hamilton", True)],
+                         ids=str)
 def test_core_attention_matches_reference(world8, case):
     n = 8 if case[0] == "parallel_state" else case[0]
     for rank in range(n):
@@ -184,6 +201,22 @@ def test_gpt_loss_and_gradients_equal_cp1(world8, case):
             torch.testing.assert_close(grads[name], base_grads[name], rtol=1e-10, atol=1e-13, msg=name)
         assert algorithms == [case[1]] * 2  # --cp-comm-type reached every layer's core attention
     assert base_losses[1] < base_losses[0]
+
+
+@pytest.mark.parametrize("case", HYBRID_GPT_CASES, ids=str)
+def test_hybrid_gpt_loss_and_gradients_equal_cp1(world8, case):
+    """Megatron's a2a / a2a+p2p / a2a+hamilton (all-to-all inside the first hierarchical level) train exactly
+    as CP = 1."""
+    from tasp_plugin.integrations.megatron import layer_split
+
+    base_losses, base_grads, _ = world8[0]["gpt"]["baseline64"]
+    expected = layer_split(case[1], 1, case[0], case[2] and list(case[2]))
+    for rank in (0, case[0] - 1):
+        losses, grads, splits = world8[rank]["gpt"][case]
+        torch.testing.assert_close(torch.tensor(losses), torch.tensor(base_losses), rtol=3e-7, atol=0)
+        for name in grads:
+            torch.testing.assert_close(grads[name], base_grads[name], rtol=1e-10, atol=1e-13, msg=name)
+        assert splits == [expected] * 2 and expected[1] > 1
 
 
 def test_per_layer_cp_comm_type_reaches_each_layer(world8):

@@ -90,7 +90,7 @@ def _namespace(**overrides) -> argparse.Namespace:
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"spec": None}, "--cp-comm-type hamilton needs --spec tasp_plugin.integrations.megatron tasp_gpt_layer_spec"),
     ({"spec": ["local"], "cp_comm_type": ["p2p", "zigzag"]}, "--cp-comm-type zigzag needs --spec"),
-    ({"cp_comm_type": ["a2a"]}, "--cp-comm-type a2a is not supported with --spec"),
+    ({"cp_comm_type": ["all_gather"]}, "--cp-comm-type all_gather is not supported with --spec"),
     ({"cp_comm_type": ["ring", "zigzag", "hamilton"]}, "3 values for 2 layers"),
     ({"attention_dropout": 0.1}, "--attention-dropout 0.1 is not supported"),
     ({"transformer_impl": "transformer_engine"}, "pass --transformer-impl local"),

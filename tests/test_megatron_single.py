@@ -28,6 +28,7 @@ from megatron.core.transformer.enums import AttnMaskType  # noqa: E402
 from tasp_plugin.integrations.megatron import (  # noqa: E402
     CPUSafeRotaryEmbedding,
     TASPCoreAttention,
+    layer_split,
     resolve_cp_comm_type,
     tasp_gpt_layer_spec,
 )
@@ -59,10 +60,23 @@ def test_dropout_softmax_window_and_comm_type_errors():
         _attention(attention_dropout=0.2)
     with pytest.raises(ValueError, match="sliding-window"):
         _attention(_config(window_size=(8, 0)))
-    with pytest.raises(ValueError, match="cp_comm_type 'a2a'"):
-        _attention(cp_comm_type="a2a")
+    with pytest.raises(ValueError, match="cp_comm_type 'all_gather'"):
+        _attention(cp_comm_type="all_gather")
+    with pytest.raises(ValueError, match="'a2a\\+p2p' needs hierarchical_context_parallel_sizes"):
+        layer_split("a2a+p2p", 1, 4, None)
+    with pytest.raises(ValueError, match="whose product is the CP size 4"):
+        layer_split("a2a+hamilton", 1, 4, [2, 4])
     with pytest.raises(ValueError, match="2 entries"):
         resolve_cp_comm_type(["ring", "hamilton"], 3)
+
+
+@pytest.mark.parametrize(("value", "hierarchical", "expected"), [
+    ("hamilton", None, ("hamilton", 1)), ("p2p", None, ("zigzag", 1)), ("a2a", None, ("zigzag", 8)),
+    ("A2A+P2P", [2, 4], ("zigzag", 2)), ("a2a+hamilton", [4, 2], ("hamilton", 4)),
+])
+def test_layer_split_follows_transformer_engine_names(value, hierarchical, expected):
+    algorithm, ulysses = layer_split(value, 1, 8, hierarchical)
+    assert (algorithm.value, ulysses) == expected
 
 
 def test_forward_rejects_other_packed_formats_bias_and_padding_masks():

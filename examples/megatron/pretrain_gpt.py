@@ -161,7 +161,8 @@ def build_model(cfg: dict, device: torch.device) -> torch.nn.Module:
         num_layers=cfg["num_layers"], hidden_size=cfg["hidden_size"], ffn_hidden_size=cfg["ffn_hidden_size"],
         num_attention_heads=cfg["num_attention_heads"], num_query_groups=cfg["num_query_groups"],
         context_parallel_size=cfg["context_parallel_size"], cp_comm_type=cfg["cp_comm_type"],
-        attention_dropout=0.0, hidden_dropout=0.0, use_cpu_initialization=True, cuda_graph_scope=[],
+        hierarchical_context_parallel_sizes=cfg.get("hierarchical_context_parallel_sizes"), attention_dropout=0.0,
+        hidden_dropout=0.0, use_cpu_initialization=True, cuda_graph_scope=[],
         params_dtype=DTYPES[cfg["dtype"]])
     torch.manual_seed(cfg["seed"])  # identical initial weights on every rank and for every CP size
     model = GPTModel(config, tasp_gpt_layer_spec(config), vocab_size=256, max_sequence_length=cfg["seq_length"],

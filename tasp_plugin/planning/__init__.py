@@ -2,9 +2,11 @@
 
 The vocabulary (``Algorithm``, ``Sharding``, ``Layout``), the ``Topology`` value type, ``resolve`` (the one
 place an algorithm name becomes a schedule), the per-step plans the engine runs and the cost model counts,
-the varlen calls of packed documents, and the bytes each step puts on each link.
+the varlen calls of packed documents, the Ulysses x ring split of a CP group, and the bytes each step puts on
+each link.
 """
 
+from .hybrid import HybridLayout
 from .packed import PackedLayout, VarlenBlock, varlen_blocks
 from .resolve import Resolution, resolve
 from .steps import Block, StepPlan, plan_step, step_plans, step_work, sub_chunk_lengths
@@ -16,6 +18,7 @@ __all__ = [
     "DTYPE_BYTES",
     "Algorithm",
     "Block",
+    "HybridLayout",
     "Layout",
     "LinkTraffic",
     "PackedLayout",

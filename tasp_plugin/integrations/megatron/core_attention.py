@@ -24,28 +24,61 @@ from ...comm import LoopbackGroup
 from ...planning import Algorithm
 from .groups import tasp_groups_for
 
-__all__ = ["CP_COMM_TYPES", "TASPCoreAttention", "resolve_cp_comm_type"]
+__all__ = ["CP_COMM_TYPES", "HYBRID_CP_COMM_TYPES", "TASPCoreAttention", "layer_split", "resolve_cp_comm_type"]
 
 # cp_comm_type value -> algorithm: every algorithm under its own name, and "p2p", Transformer Engine's name
 # for the ring on zigzag shards (what "zigzag" computes), so TE users' default keeps working.
 CP_COMM_TYPES: dict[str, Algorithm] = {**{a.value: a for a in Algorithm}, "p2p": Algorithm.ZIGZAG}
+# head x sequence hybrids (Transformer Engine's meaning): "a2a" is Ulysses over the whole CP group; "a2a+X" is
+# Ulysses inside the first level of hierarchical_context_parallel_sizes and the ring schedule X across the second
+HYBRID_CP_COMM_TYPES: dict[str, Algorithm] = {"a2a": Algorithm.ZIGZAG, "a2a+p2p": Algorithm.ZIGZAG,
+                                              "a2a+hamilton": Algorithm.HAMILTON}
 _CAUSAL = (AttnMaskType.causal, AttnMaskType.causal_bottom_right)
 
 
-def resolve_cp_comm_type(cp_comm_type: str | list[str] | None, layer_number: int) -> Algorithm:
-    """The engine algorithm for one layer (1-based ``layer_number``) from a ``cp_comm_type`` value:
-    a string, a per-layer list, or None (``"auto"``)."""
+def _layer_value(cp_comm_type: str | list[str] | None, layer_number: int) -> str | None:
+    """One layer's (1-based ``layer_number``) entry of a ``cp_comm_type`` string or per-layer list."""
     if isinstance(cp_comm_type, (list, tuple)):
         if not 1 <= layer_number <= len(cp_comm_type):
             raise ValueError(f"cp_comm_type has {len(cp_comm_type)} entries but layer_number is {layer_number}; "
                              "give one entry per transformer layer")
         cp_comm_type = cp_comm_type[layer_number - 1]
-    if cp_comm_type is None:
+    if cp_comm_type is not None and not isinstance(cp_comm_type, str):
+        raise ValueError(f"cp_comm_type entries must be strings, got {cp_comm_type!r}")
+    return cp_comm_type
+
+
+def resolve_cp_comm_type(cp_comm_type: str | list[str] | None, layer_number: int) -> Algorithm:
+    """The engine algorithm for one layer (1-based ``layer_number``) from a ``cp_comm_type`` value:
+    a string, a per-layer list, or None (``"auto"``); hybrids give the algorithm of their ring part."""
+    value = _layer_value(cp_comm_type, layer_number)
+    if value is None:
         return Algorithm.AUTO
-    if not isinstance(cp_comm_type, str) or cp_comm_type.lower() not in CP_COMM_TYPES:
-        raise ValueError(f"cp_comm_type {cp_comm_type!r} is not supported by TASPCoreAttention; use one of "
-                         f"{sorted(CP_COMM_TYPES)} (Megatron's 'a2a' and 'all_gather' need Transformer Engine)")
-    return CP_COMM_TYPES[cp_comm_type.lower()]
+    if value.lower() in HYBRID_CP_COMM_TYPES:
+        return HYBRID_CP_COMM_TYPES[value.lower()]
+    if value.lower() not in CP_COMM_TYPES:
+        raise ValueError(f"cp_comm_type {value!r} is not supported by TASPCoreAttention; use one of "
+                         f"{sorted(CP_COMM_TYPES) + sorted(HYBRID_CP_COMM_TYPES)} ('all_gather' needs Transformer "
+                         "Engine)")
+    return CP_COMM_TYPES[value.lower()]
+
+
+def layer_split(cp_comm_type: str | list[str] | None, layer_number: int, context_parallel_size: int,
+                hierarchical_sizes: list[int] | None) -> tuple[Algorithm, int]:
+    """``(algorithm, ulysses_size)`` of one layer: ``ulysses_size`` is 1 for a plain ring schedule, the CP
+    size for ``"a2a"``, and the first of Megatron's ``hierarchical_context_parallel_sizes`` for ``"a2a+X"``."""
+    algorithm = resolve_cp_comm_type(cp_comm_type, layer_number)
+    value = (_layer_value(cp_comm_type, layer_number) or "").lower()
+    if value == "a2a":
+        return algorithm, context_parallel_size
+    if value not in HYBRID_CP_COMM_TYPES:
+        return algorithm, 1
+    sizes = list(hierarchical_sizes or [])
+    if len(sizes) != 2 or sizes[0] * sizes[1] != context_parallel_size:
+        raise ValueError(f"cp_comm_type {value!r} needs hierarchical_context_parallel_sizes [all-to-all size, ring "
+                         f"size] whose product is the CP size {context_parallel_size}, got {hierarchical_sizes} "
+                         "(Megatron-LM: --hierarchical-context-parallel-sizes 2 4)")
+    return algorithm, sizes[0]
 
 
 def _cp_group(config: TransformerConfig, pg_collection: ProcessGroupCollection | None):
@@ -83,8 +116,9 @@ class TASPCoreAttention(MegatronModule):
         if is_layer_window_attention(config.window_size, config.window_attn_skip_freq, layer_number):
             raise ValueError(f"sliding-window attention (window_size={config.window_size}) is not supported "
                              "by TASPCoreAttention; unset config.window_size")
-        self.algorithm = resolve_cp_comm_type(config.cp_comm_type if cp_comm_type is None else cp_comm_type,
-                                              self.layer_number)
+        self.algorithm, self.ulysses_size = layer_split(
+            config.cp_comm_type if cp_comm_type is None else cp_comm_type, self.layer_number,
+            config.context_parallel_size, config.hierarchical_context_parallel_sizes)
         # Megatron's query-key layer scaling divides the logits by layer_number and multiplies them back
         # inside the fp32 softmax, so the net scale is the unscaled one.
         self.softmax_scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(config.kv_channels)
@@ -117,7 +151,8 @@ class TASPCoreAttention(MegatronModule):
         else:
             group = tasp_groups_for(self.cp_group) or self.cp_group
             out = context_parallel_attention(query, key, value, group=group, algorithm=self.algorithm,
-                                             causal=causal, softmax_scale=self.softmax_scale, layout="sbhd")
+                                             causal=causal, softmax_scale=self.softmax_scale, layout="sbhd",
+                                             ulysses_size=self.ulysses_size)
         return out.reshape(out.shape[0], out.shape[1], -1)
 
     def _packed(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, causal: bool,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 from argparse import Namespace
 
-from .core_attention import CP_COMM_TYPES
+from .core_attention import CP_COMM_TYPES, HYBRID_CP_COMM_TYPES
 
 __all__ = ["TASP_SPEC", "check_megatron_lm_args"]
 
@@ -42,10 +42,11 @@ def check_megatron_lm_args(args: Namespace) -> None:
             raise ValueError(f"--cp-comm-type {' '.join(tasp_only)} needs {flag} (TASP attention); "
                              f"without it Megatron builds its own attention, which does not know {tasp_only[0]!r}")
         return
-    unknown = [v for v in values if v.lower() not in CP_COMM_TYPES]
+    known = sorted(CP_COMM_TYPES) + sorted(HYBRID_CP_COMM_TYPES)
+    unknown = [v for v in values if v.lower() not in known]
     if unknown:
         raise ValueError(f"--cp-comm-type {' '.join(unknown)} is not supported with {flag}; use one of "
-                         f"{sorted(CP_COMM_TYPES)} (one value, or one per layer)")
+                         f"{known} (one value, or one per layer)")
     if len(values) not in (1, args.num_layers):
         raise ValueError(f"--cp-comm-type has {len(values)} values for {args.num_layers} layers; give one value "
                          "or one per layer")

@@ -1,0 +1,126 @@
+"""Head x sequence hybrid (Ulysses all-to-all around a ring schedule): the split as pure data, and
+``context_parallel_attention(..., ulysses_size=u)`` over emulated CP groups (every rank a thread) against
+float64 single-process attention on the full sequence: out, LSE, dq, dk, dv."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from tasp_plugin import context_parallel_attention
+from tasp_plugin.comm import ThreadGroup
+from tasp_plugin.planning import HybridLayout
+from tasp_plugin.sharding import shard_sequence
+
+from .reference import reference_attention
+
+
+def test_groups_are_consecutive_all_to_all_and_strided_rings():
+    layout = HybridLayout.of(8, 4)
+    assert (layout.ulysses, layout.ring) == (4, 2)
+    assert layout.a2a_members(6) == (4, 5, 6, 7)
+    assert layout.ring_members(6) == (2, 6)
+    assert layout.gathered_pieces() == ((0, 0), (1, 0), (2, 0), (3, 0), (3, 1), (2, 1), (1, 1), (0, 1))
+
+
+@pytest.mark.parametrize(("n", "u"), [(4, 2), (8, 4), (8, 2), (8, 8), (6, 3), (2, 1)])
+def test_gathered_sequence_is_the_ring_groups_zigzag_shard(n, u):
+    """The claim the hybrid rests on: zigzag over n, gathered in the all-to-all group, is zigzag over n / u."""
+    layout = HybridLayout.of(n, u)
+    positions = torch.arange(2 * n * 3)  # three tokens per chunk
+    for rank in range(n):
+        shards = [shard_sequence(positions, m, n, 0) for m in layout.a2a_members(rank)]
+        half = shards[0].numel() // 2
+        gathered = torch.cat([shards[j][half * part:half * (part + 1)] for j, part in layout.gathered_pieces()])
+        ring_position = layout.ring_members(rank).index(rank)
+        assert torch.equal(gathered, shard_sequence(positions, ring_position, layout.ring, 0))
+
+
+@pytest.mark.parametrize(("n", "u", "heads", "kv", "message"), [
+    (6, 4, 8, 8, "does not divide the CP group"),
+    (4, 4, 6, 6, "must divide the 6 query heads"),
+    (4, 4, 12, 6, "one must divide the other"),
+    (4, 0, 8, 8, "positive integer"),
+])
+def test_bad_splits_raise(n, u, heads, kv, message):
+    with pytest.raises(ValueError, match=message):
+        HybridLayout.of(n, u).kv_repeats(heads, kv)
+
+
+def test_kv_heads_are_repeated_only_when_fewer_than_the_all_to_all():
+    layout = HybridLayout.of(8, 4)
+    assert layout.kv_repeats(8, 8) == 1
+    assert layout.kv_repeats(8, 4) == 1
+    assert layout.kv_repeats(8, 2) == 2
+    assert layout.kv_repeats(8, 1) == 4
+
+
+def hybrid_errors(n: int, u: int, algorithm: str, causal: bool, heads: int, kv_heads: int,
+                  dtype: torch.dtype = torch.float64, topology: str | None = None, seq_per_rank: int = 8) -> dict:
+    """Largest error, relative to the reference's magnitude, of out, lse, dq, dk, dv over all ranks."""
+    torch.manual_seed(7)
+    b, d, seq = 2, 16, seq_per_rank * n
+    q, k, v = (torch.randn(b, seq, h, d, dtype=torch.float64, requires_grad=True) for h in (heads, kv_heads, kv_heads))
+    dout = torch.randn(b, seq, heads, d, dtype=torch.float64)
+    ref_out, ref_lse = reference_attention(q, k, v, causal, d ** -0.5)
+    (ref_out * dout).sum().backward()
+    groups = ThreadGroup.create(n)
+
+    def run(rank: int) -> dict:
+        local = [shard_sequence(x.detach(), rank, n, 1).to(dtype).requires_grad_() for x in (q, k, v)]
+        out, lse = context_parallel_attention(*local, group=groups[rank], algorithm=algorithm, causal=causal,
+                                              return_lse=True, ulysses_size=u, topology=topology)
+        (out * shard_sequence(dout, rank, n, 1).to(dtype)).sum().backward()
+        refs = [shard_sequence(ref_out, rank, n, 1), shard_sequence(ref_lse, rank, n, 2),
+                *(shard_sequence(x.grad, rank, n, 1) for x in (q, k, v))]
+        got = [out, lse, *(x.grad for x in local)]
+        return {name: ((a.double() - r).abs().max() / r.abs().max()).item()
+                for name, a, r in zip(("out", "lse", "dq", "dk", "dv"), got, refs, strict=True)}
+
+    with ThreadPoolExecutor(n) as pool:
+        per_rank = list(pool.map(run, range(n)))
+    return {name: max(e[name] for e in per_rank) for name in per_rank[0]}
+
+
+SPLITS = [(u, r, kv) for u, r in [(2, 2), (4, 2), (2, 4), (8, 1), (3, 2)] for kv in (24, 6, 2)
+          if kv % u == 0 or u % kv == 0]  # (all-to-all size, ring size, K/V heads of 24 query heads)
+
+
+@pytest.mark.parametrize(("u", "r", "kv_heads"), SPLITS)
+@pytest.mark.parametrize("algorithm", ["zigzag", "hamilton"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_hybrid_matches_full_attention_float64(u, r, kv_heads, algorithm, causal):
+    heads = 24
+    errors = hybrid_errors(u * r, u, algorithm, causal, heads, kv_heads)
+    assert max(errors.values()) < 1e-10, errors
+
+
+@pytest.mark.parametrize(("topology", "u"), [("2x4", 4), ("2x4", 2), ("4x2", 2)])
+@pytest.mark.parametrize("algorithm", ["hamilton", "hamilton_multinode", "ring"])
+def test_hybrid_on_emulated_nodes(topology, u, algorithm):
+    """All-to-all inside a node, the ring part across nodes (one GPU per rail, or per node pair)."""
+    errors = hybrid_errors(8, u, algorithm, True, 8, 4, topology=topology)
+    assert max(errors.values()) < 1e-10, errors
+
+
+def test_hybrid_bf16_is_close():
+    errors = hybrid_errors(4, 2, "hamilton", True, 8, 2, dtype=torch.bfloat16, seq_per_rank=16)
+    assert max(errors.values()) < 3e-2, errors
+
+
+def test_bad_ulysses_size_raises_on_every_rank():
+    groups = ThreadGroup.create(4)
+
+    def run(rank: int) -> str:
+        x = torch.randn(1, 8, 6, 8)
+        try:
+            context_parallel_attention(x, x, x, group=groups[rank], ulysses_size=4)
+        except ValueError as exc:
+            return str(exc)
+        return "no error"
+
+    with ThreadPoolExecutor(4) as pool:
+        messages = list(pool.map(run, range(4)))
+    assert all("ulysses_size 4 must divide the 6 query heads" in m for m in messages), messages
