@@ -21,7 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(REPO, "examples", "megatron", "pretrain_gpt_megatron_lm.py")
 # Megatron's per-iteration log line (printed by the last rank)
 LOG_LINE = re.compile(r"iteration\s+(\d+)/\s*\d+ \|.*?elapsed time per iteration \(ms\): ([\d.]+) \|"
-                      r".*?lm loss: ([-+\d.Ee]+) \|")
+                      r"(?: throughput per GPU \(TFLOP/s/GPU\): ([\d.]+) \|)?.*?lm loss: ([-+\d.Ee]+) \|")
 RUNS = {"hamilton": (2, "hamilton"), "zigzag": (2, "zigzag"), "cp1": (1, "p2p")}  # name: (GPUs, cp_comm_type)
 
 
@@ -52,9 +52,15 @@ def command(name: str, seq_length: int, iters: int, global_batch: int, decay_ite
 
 
 def parse_log(text: str) -> list[dict[str, float]]:
-    """One record per logged iteration: iteration, ms (Megatron's elapsed time per iteration), loss."""
-    return [{"iteration": int(m.group(1)), "ms": float(m.group(2)), "loss": float(m.group(3))}
-            for m in LOG_LINE.finditer(text)]
+    """One record per logged iteration: iteration, ms (Megatron's elapsed time per iteration), loss, and
+    Megatron's TFLOP/s per GPU where it logs them (``--log-throughput``)."""
+    records = []
+    for m in LOG_LINE.finditer(text):
+        record = {"iteration": int(m.group(1)), "ms": float(m.group(2)), "loss": float(m.group(4))}
+        if m.group(3) is not None:
+            record["tflops_per_gpu"] = float(m.group(3))
+        records.append(record)
+    return records
 
 
 def summarize(records: list[dict[str, float]], tokens_per_iteration: int, warmup: int) -> dict[str, float]:

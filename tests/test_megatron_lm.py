@@ -55,6 +55,12 @@ def test_layer_class_follows_the_per_layer_index_fix():
     assert CP_COMM_TYPE_LIST_OFF_BY_ONE == (MEGATRON_CORE_VERSION < (0, 17))
 
 
+def test_the_newest_line_has_megatron_training():
+    """CI's Python 3.12 line must run the Megatron-LM tests below, not skip them (pip resolves 0.19 there)."""
+    if sys.version_info >= (3, 12):
+        assert HAS_TRAINING, f"megatron-core {MEGATRON_CORE_VERSION} on Python 3.12: expected 0.19 with its loop"
+
+
 def test_require_megatron_training_names_what_to_install():
     if HAS_TRAINING:
         require_megatron_training()
@@ -83,7 +89,8 @@ def test_dataset_helper_build_uses_the_shipped_module(monkeypatch):
 def _namespace(**overrides) -> argparse.Namespace:
     settings = {"cp_comm_type": ["hamilton"], "spec": ["tasp_plugin.integrations.megatron", "tasp_gpt_layer_spec"],
                 "num_layers": 2, "attention_dropout": 0.0, "transformer_impl": "local", "no_persist_layer_norm": True,
-                "gradient_accumulation_fusion": False, **overrides}
+                "gradient_accumulation_fusion": False, "reset_attention_mask": False,
+                "create_attention_mask_in_dataloader": False, **overrides}
     return argparse.Namespace(**settings)
 
 
@@ -95,6 +102,11 @@ def _namespace(**overrides) -> argparse.Namespace:
     ({"attention_dropout": 0.1}, "--attention-dropout 0.1 is not supported"),
     ({"transformer_impl": "transformer_engine"}, "pass --transformer-impl local"),
     ({"no_persist_layer_norm": False}, "pass --no-persist-layer-norm"),
+    ({"num_experts": 4}, "--num-experts (MoE) and --multi-latent-attention need a layer spec"),
+    ({"multi_latent_attention": True}, "--num-experts (MoE) and --multi-latent-attention need a layer spec"),
+    ({"reset_attention_mask": True}, "--reset-attention-mask and --dataloader-inter-document-masking"),
+    ({"dataloader_inter_document_masking": True}, "--reset-attention-mask and --dataloader-inter-document"),
+    ({"create_attention_mask_in_dataloader": True}, "pass --no-create-attention-mask-in-dataloader"),
     ({"gradient_accumulation_fusion": True}, "pass --no-gradient-accumulation-fusion"),
 ])
 def test_bad_tasp_settings_raise_one_line(overrides, message):
@@ -178,7 +190,8 @@ def test_documented_command_line_reaches_pretrain(megatron_lm, monkeypatch, inde
     words = documented_command_lines()[index]
     config, provider, _, forward_step = _run_main(megatron_lm, monkeypatch, words)
     transformer = config.model.transformer
-    assert config.model.transformer_layer_spec is tasp_gpt_layer_spec
+    assert config.model.transformer_layer_spec.submodules.self_attention.submodules.core_attention \
+        is TASPCoreAttention
     assert transformer.context_parallel_size == int(words[words.index("--context-parallel-size") + 1])
     assert transformer.cp_comm_type == words[words.index("--cp-comm-type") + 1]
     assert provider is megatron_lm.datasets_provider and forward_step is megatron_lm.forward_step
@@ -202,7 +215,7 @@ def test_benchmark_reads_megatrons_log_line():
             "global batch size:     4 | lm loss: 7.512345E+00 | loss scale: 1.0 | grad norm: 1.234 |")
     bench = _benchmark()
     records = bench.parse_log("noise\n" + line + "\n")
-    assert records == [{"iteration": 12, "ms": 153.2, "loss": 7.512345}]
+    assert records == [{"iteration": 12, "ms": 153.2, "loss": 7.512345, "tflops_per_gpu": 210.4}]
     summary = bench.summarize(records * 3, tokens_per_iteration=4 * 16384, warmup=0)
     assert summary["tokens_per_s"] == pytest.approx(4 * 16384 / 0.1532)
 
@@ -234,10 +247,10 @@ def test_pretrain_stops_at_the_cuda_assertion_on_cpu(megatron_lm, monkeypatch):
 
 
 @needs_training
-def test_model_config_builds_tasp_attention_and_trains_one_step(megatron_lm, monkeypatch, single_rank_group):
-    """CP = 1 on CPU: the model Megatron-LM's builder makes from the parsed config (bf16, as documented) has
-    TASPCoreAttention in every layer, and the example's loss function gives a finite loss and gradients for
-    every parameter."""
+def test_model_config_builds_tasp_attention_with_its_flags(megatron_lm, monkeypatch, single_rank_group):
+    """CP = 1 on CPU: the model Megatron-LM's builder makes from the config the example hands to ``pretrain``
+    (bf16, as documented, plus --qk-layernorm) has TASPCoreAttention and query/key norms in every layer, and
+    one forward/backward through the example's loss function gives a finite loss and gradients everywhere."""
     from megatron.core import parallel_state
     from megatron.core.process_groups_config import ProcessGroupCollection
     from megatron.core.transformer.module import Float16Module
@@ -247,7 +260,7 @@ def test_model_config_builds_tasp_attention_and_trains_one_step(megatron_lm, mon
     monkeypatch.setenv("WORLD_SIZE", "1")
     words = [*documented_command_lines()[0], "--num-layers", "2", "--hidden-size", "32", "--num-attention-heads",
              "4", "--seq-length", "64", "--max-position-embeddings", "64", "--vocab-size", "128",
-             "--context-parallel-size", "1", "--global-batch-size", "1", "--use-cpu-initialization"]
+             "--context-parallel-size", "1", "--global-batch-size", "1", "--use-cpu-initialization", "--qk-layernorm"]
     config, *_ = _run_main(megatron_lm, monkeypatch, words)
     parallel_state.initialize_model_parallel()
     try:
@@ -258,6 +271,8 @@ def test_model_config_builds_tasp_attention_and_trains_one_step(megatron_lm, mon
         model = Float16Module(config.model.transformer, model)  # what pretrain wraps a --bf16 model in
         attentions = [m for m in model.modules() if isinstance(m, TASPCoreAttention)]
         assert len(attentions) == 2 and all(a.algorithm is Algorithm.HAMILTON for a in attentions)
+        norms = [type(m.q_layernorm).__name__ for m in model.modules() if hasattr(m, "q_layernorm")]
+        assert len(norms) == 2 and "IdentityOp" not in norms, norms  # the spec was built for this config
         tokens = torch.randint(0, 128, (1, 64))
         positions = torch.arange(64).unsqueeze(0)
         mask = torch.ones(1, 64)

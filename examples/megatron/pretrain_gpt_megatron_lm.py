@@ -38,20 +38,29 @@ from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegat
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset  # noqa: E402
 from megatron.core.enums import ModelType  # noqa: E402
 from megatron.core.tokenizers.utils.build_tokenizer import build_tokenizer  # noqa: E402
-from megatron.core.utils import get_batch_on_this_cp_rank, get_batch_on_this_tp_rank  # noqa: E402
+from megatron.core.utils import (  # noqa: E402
+    get_attr_wrapped_model,
+    get_batch_on_this_cp_rank,
+    get_batch_on_this_tp_rank,
+)
 from megatron.training import get_args, get_timers, pretrain, print_rank_0  # noqa: E402
 from megatron.training.argument_utils import gpt_config_from_args, pretrain_cfg_container_from_args  # noqa: E402
 from megatron.training.arguments import parse_and_validate_args  # noqa: E402
 from megatron.training.utils import get_blend_and_blend_per_split, is_first_or_last_pipeline_stage  # noqa: E402
 
-from tasp_plugin.integrations.megatron.megatron_lm import check_megatron_lm_args  # noqa: E402
+from tasp_plugin.integrations.megatron import tasp_gpt_layer_spec  # noqa: E402
+from tasp_plugin.integrations.megatron.megatron_lm import check_megatron_lm_args, uses_tasp_spec  # noqa: E402
 from tasp_plugin.integrations.megatron.versions import use_shipped_dataset_helpers  # noqa: E402
 
 BATCH_KEYS = ("tokens", "labels", "loss_mask", "attention_mask", "position_ids")
 
 
-def get_batch(data_iterator: Iterator[dict[str, torch.Tensor]] | None) -> dict[str, Any]:
-    """This rank's micro-batch: read on TP rank 0, broadcast over TP, then this CP rank's zigzag shard."""
+def get_batch(data_iterator: Iterator[dict[str, torch.Tensor]] | None, vp_stage: int | None = None
+              ) -> dict[str, Any]:
+    """This rank's micro-batch: read on TP rank 0, broadcast over TP, then this CP rank's zigzag shard.
+    Middle pipeline stages read nothing (their input is the previous stage's output)."""
+    if not is_first_or_last_pipeline_stage(vp_stage):
+        return dict.fromkeys(BATCH_KEYS)
     args = get_args()
     tp_rank = parallel_state.get_tensor_model_parallel_rank()
     batch: dict[str, Any] = {}
@@ -91,7 +100,7 @@ def forward_step(data_iterator: Iterator[dict[str, torch.Tensor]] | None, model:
     """One micro-batch through the model; returns the per-token losses and the loss function for them."""
     timers = get_timers()
     timers("batch-generator", log_level=2).start()
-    batch = get_batch(data_iterator)
+    batch = get_batch(data_iterator, get_attr_wrapped_model(model, "vp_stage"))
     timers("batch-generator").stop()
     output = model(batch["tokens"], batch["position_ids"], batch["attention_mask"], labels=batch["labels"],
                    loss_mask=batch["loss_mask"])
@@ -138,8 +147,12 @@ def main() -> None:
     args = parse_and_validate_args(args_defaults={"tokenizer_type": "NullTokenizer"})
     check_megatron_lm_args(args)
     use_shipped_dataset_helpers()  # the pip wheel has the compiled helper but not the Makefile Megatron runs
-    config = pretrain_cfg_container_from_args(args, gpt_config_from_args(args))
-    pretrain(config, datasets_provider, ModelType.encoder_or_decoder, forward_step)
+    model_config = gpt_config_from_args(args)
+    if uses_tasp_spec(args):
+        # Megatron's builder uses a ModuleSpec as is; build the spec for this config (--qk-layernorm, ...)
+        model_config.transformer_layer_spec = tasp_gpt_layer_spec(model_config.transformer)
+    pretrain(pretrain_cfg_container_from_args(args, model_config), datasets_provider, ModelType.encoder_or_decoder,
+             forward_step)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from argparse import Namespace
 
 from .core_attention import CP_COMM_TYPES, HYBRID_CP_COMM_TYPES
 
-__all__ = ["TASP_SPEC", "check_megatron_lm_args"]
+__all__ = ["TASP_SPEC", "check_megatron_lm_args", "uses_tasp_spec"]
 
 # what `--spec` names: the package (or the module that defines it) and the layer spec
 TASP_SPEC = ("tasp_plugin.integrations.megatron", "tasp_gpt_layer_spec")
@@ -53,6 +53,16 @@ def check_megatron_lm_args(args: Namespace) -> None:
     if args.attention_dropout:
         raise ValueError(f"--attention-dropout {args.attention_dropout} is not supported by TASP attention; "
                          "pass --attention-dropout 0 (Megatron's default is 0.1)")
+    if getattr(args, "num_experts", None) or getattr(args, "multi_latent_attention", False):
+        raise ValueError(f"{flag} is a dense GPT layer with standard attention; --num-experts (MoE) and "
+                         "--multi-latent-attention need a layer spec of their own")
+    if args.reset_attention_mask or getattr(args, "dataloader_inter_document_masking", False):
+        raise ValueError("TASP attention in this loop builds the causal mask itself and reads no attention mask; "
+                         "--reset-attention-mask and --dataloader-inter-document-masking (documents inside a "
+                         "sequence) would be ignored; leave them out (the project's examples take packed documents)")
+    if args.create_attention_mask_in_dataloader:
+        raise ValueError("pass --no-create-attention-mask-in-dataloader: TASP attention builds the causal mask "
+                         "itself, and Megatron's dense sequence x sequence mask would only cost memory")
     if args.transformer_impl != "local":
         raise ValueError(f"--transformer-impl {args.transformer_impl} does not go with {flag}, which is "
                          "Megatron's local layer spec; pass --transformer-impl local")

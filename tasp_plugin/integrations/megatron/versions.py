@@ -5,8 +5,8 @@ Supported: 0.16.x (the newest for Python 3.10/3.11) through 0.19.x (Python >= 3.
 
 - 0.16 indexes a per-layer ``cp_comm_type`` list with the 1-based layer number (each layer gets the next
   layer's entry, the last one raises IndexError); 0.17 fixed it (``layer_number - 1``).
-- From 0.17 the wheel ships ``megatron.training`` (Megatron-LM's loop); 0.19 changed ``pretrain`` to take a
-  ``PretrainConfigContainer`` and a model config, which is what the Megatron-LM style example calls.
+- From 0.17 the wheel ships ``megatron.training`` (Megatron-LM's loop); 0.19's ``pretrain`` takes a
+  ``PretrainConfigContainer`` that holds the model config, which is what the Megatron-LM style example calls.
 - The wheels ship the dataset index helper compiled (``helpers_cpp``) but not the Makefile that
   ``initialize_megatron`` runs ``make`` on, so that loop exits on rank 0 (``use_shipped_dataset_helpers``).
 """
