@@ -84,8 +84,12 @@ def _runner(name: str, causal: bool, n: int,
     if words[0] == "tasp":
         os.environ[TRANSPORT_ENV] = words[2]
 
+        # "a2a": Ulysses over the whole group (the all-to-all stage, then one local call)
+        algorithm, ulysses = ("zigzag", n) if words[1] == "a2a" else (words[1], 1)
+
         def tasp(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            return context_parallel_attention(q, k, v, algorithm=words[1], causal=causal, layout="bhsd")
+            return context_parallel_attention(q, k, v, algorithm=algorithm, causal=causal, layout="bhsd",
+                                              ulysses_size=ulysses)
 
         return tasp, contextlib.nullcontext()
 
@@ -259,7 +263,8 @@ def main() -> None:
     p.add_argument("--heads", type=int, default=32)
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--phases", nargs="+", default=["fwd", "fwd+bwd"], choices=["fwd", "fwd+bwd"])
-    p.add_argument("--algorithms", nargs="+", default=["zigzag", "hamilton"])
+    p.add_argument("--algorithms", nargs="+", default=["zigzag", "hamilton"],
+                   help="tasp algorithms; a2a = Ulysses all-to-all over the whole group")
     p.add_argument("--transports", nargs="+", default=["p2p", "peer_copy"])
     p.add_argument("--non-causal", dest="causal", action="store_false")
     p.add_argument("--warmup", type=int, default=2)

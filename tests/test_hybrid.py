@@ -14,6 +14,7 @@ from tasp_plugin.comm import ThreadGroup
 from tasp_plugin.planning import HybridLayout
 from tasp_plugin.sharding import shard_sequence
 
+from .distributed import run_distributed
 from .reference import reference_attention
 
 
@@ -124,3 +125,30 @@ def test_bad_ulysses_size_raises_on_every_rank():
     with ThreadPoolExecutor(4) as pool:
         messages = list(pool.map(run, range(4)))
     assert all("ulysses_size 4 must divide the 6 query heads" in m for m in messages), messages
+
+
+def _nccl_rank(rank: int, world: int) -> dict:
+    """One rank of a 2-GPU NCCL run: a2a over both GPUs (u = 2, ring 1), float32 and bf16, GQA, causal."""
+    torch.manual_seed(11)
+    b, seq, heads, kv, d = 1, 256, 8, 2, 64
+    q, k, v = (torch.randn(b, seq, h, d, dtype=torch.float64, requires_grad=True) for h in (heads, kv, kv))
+    dout = torch.randn(b, seq, heads, d, dtype=torch.float64)
+    ref, _ = reference_attention(q, k, v, True, d ** -0.5)
+    (ref * dout).sum().backward()
+    errors = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        local = [shard_sequence(x.detach(), rank, world, 1).to("cuda", dtype).requires_grad_() for x in (q, k, v)]
+        out = context_parallel_attention(*local, ulysses_size=world, causal=True)
+        (out * shard_sequence(dout, rank, world, 1).to("cuda", dtype)).sum().backward()
+        refs = [shard_sequence(x, rank, world, 1) for x in (ref, q.grad, k.grad, v.grad)]
+        got = [out, *(x.grad for x in local)]
+        errors[str(dtype)] = max(((a.double().cpu() - r).abs().max() / r.abs().max()).item()
+                                 for a, r in zip(got, refs, strict=True))
+    return errors
+
+
+@pytest.mark.gpu(2)
+@pytest.mark.distributed
+def test_hybrid_on_two_gpus_with_nccl():
+    for errors in run_distributed(_nccl_rank, 2, backend="nccl"):
+        assert errors["torch.float32"] < 1e-3 and errors["torch.bfloat16"] < 3e-2, errors
