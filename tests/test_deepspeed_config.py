@@ -39,6 +39,8 @@ def test_parse_config_defaults_and_strips_section():
     ({"size": 8, "algorithm": "tree"}, 8, "algorithm\" must be one of"),
     ({"size": 8, "backend": "triton"}, 8, "backend\" must be one of"),
     ({"size": 3}, 8, "does not divide the world size 8"),
+    ({"size": 4, "ulysses_size": 3}, 8, "ulysses_size\" must be a positive integer that divides"),
+    ({"size": 4, "ulysses_size": 0}, 8, "ulysses_size\" must be a positive integer that divides"),
 ])
 def test_parse_config_rejects_bad_sections(section, world, message):
     with pytest.raises(ValueError, match=message):

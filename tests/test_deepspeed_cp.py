@@ -59,13 +59,13 @@ def _batches() -> list[torch.Tensor]:
     return [torch.randint(0, VOCAB, (BATCH, SEQ + 1), generator=gen) for _ in range(DP)]
 
 
-def _reference(model: torch.nn.Module) -> tuple[float, dict, dict]:
-    """Full-sequence loss averaged over the DP batches, its gradients, and parameters after one SGD step
-    with the gradients clipped to norm CLIP."""
+def _reference(model: torch.nn.Module, dp: int = DP) -> tuple[float, dict, dict]:
+    """Full-sequence loss averaged over the batches of ``dp`` DP ranks, its gradients, and parameters after
+    one SGD step with the gradients clipped to norm CLIP."""
     from tasp_plugin.training.batch import shard_batch_for_cp
 
     losses = []
-    for tokens in _batches():
+    for tokens in _batches()[:dp]:
         full = shard_batch_for_cp(tokens, 0, 1)
         losses.append(_loss_share(model(full["input_ids"], full["position_ids"]), full["labels"], BATCH * SEQ))
     loss = torch.stack(losses).mean()
@@ -78,12 +78,14 @@ def _reference(model: torch.nn.Module) -> tuple[float, dict, dict]:
     return loss.item(), grads, stepped
 
 
-def _ds_config(stage: int, algorithm: str | None) -> dict:
+def _ds_config(stage: int, algorithm: str | None, cp: int = CP, ulysses: int = 1) -> dict:
     cfg = {"train_micro_batch_size_per_gpu": BATCH, "gradient_accumulation_steps": 1,
            "zero_optimization": {"stage": stage}, "zero_allow_untested_optimizer": True, "gradient_clipping": CLIP,
            "steps_per_print": 10_000, "wall_clock_breakdown": False}
     if algorithm is not None:
-        cfg["context_parallel"] = {"size": CP, "algorithm": algorithm}
+        cfg["context_parallel"] = {"size": cp, "algorithm": algorithm}
+        if ulysses > 1:
+            cfg["context_parallel"]["ulysses_size"] = ulysses
     return cfg
 
 
@@ -99,7 +101,7 @@ def _train_step(engine) -> tuple[float, dict, dict]:
 
     mpu = engine.mpu
     tokens = _batches()[mpu.get_data_parallel_rank()]
-    shard = shard_batch_for_cp(tokens, mpu.get_sequence_parallel_rank(), CP)
+    shard = shard_batch_for_cp(tokens, mpu.get_sequence_parallel_rank(), mpu.get_sequence_parallel_world_size())
     share = _loss_share(engine(shard["input_ids"], shard["position_ids"]), shard["labels"], BATCH * SEQ)
     engine.backward(share)
     grads = {n: safe_get_full_grad(p).clone() for n, p in engine.module.named_parameters()}
@@ -185,6 +187,43 @@ def _cases(rank: int, world: int, stages: tuple[int, ...], out_dir: str) -> dict
             engine.destroy()
     results["example"] = _example_runs(out_dir)
     return results
+
+
+HYBRID = (4, 2)  # CP size and its all-to-all (Ulysses) size: all-to-all 2 x ring 2, no data parallelism
+
+
+def _hybrid_cases(rank: int, world: int) -> dict:
+    """``"ulysses_size": 2`` in a CP 4 section (ZeRO 1 and 3, Hamilton and zigzag across) against the
+    reference of the one DP rank's batch."""
+    os.environ["DS_ACCELERATOR"] = "cpu"
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    import torch.distributed as dist
+
+    from tasp_plugin.integrations.deepspeed import initialize
+
+    single = [dist.new_group([r]) for r in range(world)][rank]
+    torch.manual_seed(0)
+    init = TinyLM().state_dict()
+    reference = TinyLM(group=single)
+    reference.load_state_dict(init)
+    ref_loss, ref_grads, ref_params = _reference(reference, dp=1)
+    results = {}
+    for stage, algorithm in ((1, "hamilton"), (3, "zigzag")):
+        model = TinyLM()
+        model.load_state_dict(init)
+        engine, *_ = initialize(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=LR),
+                                config=_ds_config(stage, algorithm, *HYBRID))
+        loss, grads, params = _train_step(engine)
+        results[(stage, algorithm)] = {"loss": abs(loss - ref_loss) / ref_loss, "grad": _rel_err(grads, ref_grads),
+                                       "param": _rel_err(params, ref_params)}
+        engine.destroy()
+    return results
+
+
+def test_ulysses_hybrid_step_matches_full_sequence_reference():
+    for rank, per_rank in enumerate(run_distributed(_hybrid_cases, HYBRID[0])):
+        for case, err in per_rank.items():
+            assert err["loss"] < 1e-5 and err["grad"] < 1e-4 and err["param"] < 1e-4, (rank, case, err)
 
 
 @pytest.fixture(scope="module")

@@ -18,20 +18,21 @@ __all__ = ["CPSettings", "TASPAttention", "install_context_parallel", "installed
 @dataclass(frozen=True)
 class CPSettings:
     """The CP group attention runs over (None: the default process group; a ``CPGroups`` also routes
-    intra-node and rail transfers), algorithm and backend."""
+    intra-node and rail transfers), algorithm, backend and all-to-all (Ulysses) size."""
 
     group: dist.ProcessGroup | CPGroups | None = None
     algorithm: str = "hamilton"
     backend: str = "auto"
+    ulysses_size: int = 1
 
 
 _installed = CPSettings()
 
 
 def install_context_parallel(group: dist.ProcessGroup | CPGroups | None, algorithm: str = "hamilton",
-                             backend: str = "auto") -> CPSettings:
-    """Make ``group``/``algorithm``/``backend`` the defaults of every TASP attention call in this process;
-    ``group=None`` means the default process group (it must exist when attention runs)."""
+                             backend: str = "auto", ulysses_size: int = 1) -> CPSettings:
+    """Make ``group``/``algorithm``/``backend``/``ulysses_size`` the defaults of every TASP attention call in
+    this process; ``group=None`` means the default process group (it must exist when attention runs)."""
     global _installed
     if group is not None and not isinstance(group, (dist.ProcessGroup, CPGroups)):
         raise TypeError(f"group must be a torch.distributed ProcessGroup, the CPGroups of build_cp_groups or None "
@@ -39,7 +40,9 @@ def install_context_parallel(group: dist.ProcessGroup | CPGroups | None, algorit
     if algorithm is None or backend is None:
         raise TypeError("algorithm and backend must be given (strings such as 'hamilton' and 'auto'), not None")
     check_options(algorithm=algorithm, backend=backend)
-    _installed = CPSettings(group, algorithm, backend)
+    if isinstance(ulysses_size, bool) or not isinstance(ulysses_size, int) or ulysses_size < 1:
+        raise TypeError(f"ulysses_size must be a positive integer, got {ulysses_size!r}")
+    _installed = CPSettings(group, algorithm, backend, ulysses_size)
     return _installed
 
 
@@ -71,7 +74,8 @@ class TASPAttention(torch.nn.Module):
         return context_parallel_attention(
             q, k, v, group=self.group if self.group is not None else settings.group,
             algorithm=self.algorithm or settings.algorithm, causal=self.causal,
-            softmax_scale=self.softmax_scale, layout=self.layout, backend=self.backend or settings.backend)
+            softmax_scale=self.softmax_scale, layout=self.layout, backend=self.backend or settings.backend,
+            ulysses_size=settings.ulysses_size)
 
     def extra_repr(self) -> str:
         return f"causal={self.causal}, layout={self.layout!r}, algorithm={self.algorithm or 'installed'}"

@@ -44,12 +44,13 @@ def tasp_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: to
         out = context_parallel_attention(
             query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), group=settings.group,
             algorithm=settings.algorithm, causal=getattr(module, "is_causal", True) if causal is None else causal,
-            softmax_scale=scaling, layout="thd", backend=settings.backend, cu_seqlens=cu)
+            softmax_scale=scaling, layout="thd", backend=settings.backend, cu_seqlens=cu,
+            ulysses_size=settings.ulysses_size)
         return out.unsqueeze(0), None
     out = context_parallel_attention(
         query, key, value, group=settings.group, algorithm=settings.algorithm,
         causal=getattr(module, "is_causal", True) if causal is None else causal,
-        softmax_scale=scaling, layout="bhsd", backend=settings.backend)
+        softmax_scale=scaling, layout="bhsd", backend=settings.backend, ulysses_size=settings.ulysses_size)
     return out.transpose(1, 2).contiguous(), None
 
 

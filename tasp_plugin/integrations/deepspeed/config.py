@@ -17,19 +17,22 @@ SECTION = "context_parallel"
 
 @dataclass(frozen=True)
 class ContextParallelConfig:
-    """What the ``"context_parallel"`` section asks for: CP group size, algorithm, kernel backend and
-    (optionally) the job's topology."""
+    """What the ``"context_parallel"`` section asks for: CP group size, algorithm, kernel backend,
+    (optionally) the job's topology, and the all-to-all (Ulysses) size of a head x sequence hybrid."""
 
     size: int = 1
     algorithm: str = "hamilton"
     backend: str = "auto"
     topology: str | None = None
+    ulysses_size: int = 1
 
 
 _KEYS = {"size": "CP group size (ranks per group; must divide the world size)",
          "algorithm": f"one of {list(Algorithm.values())}",
          "backend": f"one of {BACKENDS}",
-         "topology": "the job's topology such as \"2x4\" (default: $TASP_TOPOLOGY or the launcher)"}
+         "topology": "the job's topology such as \"2x4\" (default: $TASP_TOPOLOGY or the launcher)",
+         "ulysses_size": "ranks per all-to-all group of a head x sequence hybrid (DeepSpeed-Ulysses inside, "
+                         "the algorithm across); must divide size and the attention heads; default 1"}
 
 
 def _check_section(section: Any) -> ContextParallelConfig:
@@ -44,6 +47,10 @@ def _check_section(section: Any) -> ContextParallelConfig:
     cfg = ContextParallelConfig(**section)
     if isinstance(cfg.size, bool) or not isinstance(cfg.size, int) or cfg.size < 1:
         raise ValueError(f'"{SECTION}.size" must be a positive integer, got {cfg.size!r}')
+    if isinstance(cfg.ulysses_size, bool) or not isinstance(cfg.ulysses_size, int) or cfg.ulysses_size < 1 \
+            or cfg.size % cfg.ulysses_size:
+        raise ValueError(f'"{SECTION}.ulysses_size" must be a positive integer that divides "{SECTION}.size" = '
+                         f"{cfg.size}, got {cfg.ulysses_size!r}")
     if cfg.algorithm not in Algorithm.values():
         raise ValueError(f'"{SECTION}.algorithm" must be one of {list(Algorithm.values())}, got {cfg.algorithm!r}')
     if cfg.backend not in BACKENDS:

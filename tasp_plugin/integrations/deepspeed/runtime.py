@@ -99,7 +99,7 @@ def initialize(args: Any = None, model: Any = None, optimizer: Any = None, model
 
     cp, ds_config = parse_config(ds_config, dist.get_world_size())
     groups = build_groups(cp.size, cp.topology)
-    install_context_parallel(groups.links, cp.algorithm, cp.backend)
+    install_context_parallel(groups.links, cp.algorithm, cp.backend, cp.ulysses_size)
     ds_mpu = ContextParallelMPU(groups)
     if ds_config.get("zero_optimization", {}).get("stage", 0) == 3 and model is not None:
         _partition_zero3(model, ds_config, ds_mpu)
