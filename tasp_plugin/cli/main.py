@@ -79,7 +79,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace, n: int, m: int) -> None:
     """The cost model's forward and forward+backward times of each candidate on ``--interconnect``."""
-    from ..costmodel import Problem, choose_algorithm, interconnect_for
+    from ..costmodel import Problem, choose_algorithm, choose_layout, interconnect_for
 
     machine = interconnect_for(n // m, m, args.interconnect)
     problem = Problem(args.seqlen, args.heads, args.kv_heads or args.heads, args.head_dim, args.batch,
@@ -89,6 +89,12 @@ def _predict(args: argparse.Namespace, n: int, m: int) -> None:
     for name, p in choice.predictions.items():
         print(f"  {name.value:<20} forward {p.fwd_s * 1e3:9.3f} ms   forward+backward {p.fwd_bwd_s * 1e3:9.3f} ms")
     print(f"  algorithm='auto' on GPUs picks {choice.schedule.value}: {choice.reason}")
+    layouts = choose_layout(machine, problem)
+    print("head x sequence layouts (Ulysses all-to-all inside a node x ring schedule; ulysses_size, "
+          "Megatron a2a / a2a+p2p / a2a+hamilton):")
+    for name, p in sorted(layouts.predictions.items(), key=lambda item: item[1].fwd_bwd_s):
+        print(f"  {name:<32} forward {p.fwd_s * 1e3:9.3f} ms   forward+backward {p.fwd_bwd_s * 1e3:9.3f} ms")
+    print(f"  best layout: {layouts.reason}")
 
 
 PLAN_DEFAULTS = {"world_size": None, "gpus_per_node": None, "seqlen": 131072, "heads": 32, "kv_heads": None,

@@ -2,10 +2,12 @@
 
 Pure Python (no torch). Describe the interconnect (:class:`FullMesh`, :class:`Switch`, :class:`MultiNode`, or a
 preset such as :data:`MI300X_MESH`), the attention call (:class:`Problem`) and the kernel rates
-(:class:`ComputeRates`); :func:`predict` gives one algorithm's timeline, :func:`choose_algorithm` the fastest.
+(:class:`ComputeRates`); :func:`predict` gives one algorithm's timeline, :func:`choose_algorithm` the fastest;
+:func:`predict_layout` and :func:`choose_layout` do the same for head x sequence (Ulysses x ring) layouts.
 """
 
 from .choose import Choice, choose_algorithm
+from .hybrid import LayoutChoice, LayoutPrediction, choose_layout, predict_layout
 from .interconnect import FullMesh, Interconnect, MultiNode, Switch
 from .machines import INTERCONNECT_ENV, MACHINES, interconnect_for
 from .predict import Prediction, StepTime, predict
@@ -23,13 +25,17 @@ __all__ = [
     "ComputeRates",
     "FullMesh",
     "Interconnect",
+    "LayoutChoice",
+    "LayoutPrediction",
     "MultiNode",
     "Prediction",
     "Problem",
     "StepTime",
     "Switch",
     "choose_algorithm",
+    "choose_layout",
     "h100_nodes",
     "interconnect_for",
     "predict",
+    "predict_layout",
 ]

@@ -65,7 +65,10 @@ class ComputeRates:
     same per byte whichever link carries them. Measured on 2 H200s (docs/BENCHMARKS.md): a cuDNN forward
     beside an NCCL send/recv of one rank's K/V lost 0.35 ms per 128 MiB at 8K tokens per GPU (383 GB/s)
     and 2.6 ms per 512 MiB at 32K (206 GB/s); 280 is the middle (``math.inf``: no contention).
-    ``KERNEL_RATES`` has the FlashAttention-4 numbers.
+    ``a2a_efficiency``: the share of the links' modelled rate that the Ulysses all-to-all stage reaches
+    (its exchanges are posted one tensor at a time, with copies to cut heads and reassemble the sequence);
+    measured on 2 H200s (docs/BENCHMARKS.md, "Head x sequence layouts"): 62-74 GB/s against the 180 GB/s
+    the H200 preset gives one peer, so 0.4. ``KERNEL_RATES`` has the FlashAttention-4 numbers.
     """
 
     fwd_tflops: float = 609.0
@@ -73,11 +76,14 @@ class ComputeRates:
     bwd_flop_ratio: float = 2.5
     call_overhead_us: float = 5.0
     contention_gbps: float = 280.0
+    a2a_efficiency: float = 0.4
 
     def __post_init__(self) -> None:
         for name in ("fwd_tflops", "bwd_tflops", "bwd_flop_ratio", "contention_gbps"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"ComputeRates: {name} must be > 0, got {getattr(self, name)!r}")
+        if not 0 < self.a2a_efficiency <= 1:
+            raise ValueError(f"ComputeRates: a2a_efficiency must be in (0, 1], got {self.a2a_efficiency!r}")
         if not self.call_overhead_us >= 0:
             raise ValueError(f"ComputeRates: call_overhead_us must be >= 0, got {self.call_overhead_us!r}")
 
