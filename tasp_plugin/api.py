@@ -7,6 +7,7 @@ import functools
 import os
 import warnings
 from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 from typing import Literal, overload
 
 import torch
@@ -172,19 +173,24 @@ def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     # nothing has been sent yet: the ranks fail together here or agree on the call
     agree_across_ranks(comm, mine, error)
     perm = options.layout.to_bhsd
-    if packed is not None:  # [1, heads, tokens, dim], rows grouped [front pieces | back pieces]
-        order, back = _grouped_order(packed, comm.size, q.device)
-        qh, kh, vh = (x.unsqueeze(0).permute(*perm).index_select(2, order) for x in (q, k, v))
+    if packed is not None:  # [1, heads, tokens, dim] in sharding.shard_packed's row order
+        qh, kh, vh = (x.unsqueeze(0).permute(*perm) for x in (q, k, v))
     else:
         qh = q.permute(*perm).contiguous()
         kh, vh = k.permute(*perm), v.permute(*perm)
     chosen = options.algorithm
+    stage: _UlyssesStage | None = None
     if hybrid is not None:
-        comm, (qh, kh, vh), a2a = _to_heads(comm, hybrid, qh, kh, vh)
+        stage = _UlyssesStage.of(comm, hybrid, packed, qh)
+        comm = stage.ring
+        qh, kh, vh = stage.to_heads(qh, kh, vh)
         topo = comm.topology(topology) if chosen in _NEEDS_TOPOLOGY and comm.size > 1 else Topology.uniform(
             1, comm.size)
     else:
         topo = _topology(comm, chosen, topology)
+    if packed is not None:  # rows grouped [front pieces | back pieces] for the engine
+        order, back = _grouped_order(packed, comm.size, q.device)
+        qh, kh, vh = (x.index_select(2, order) for x in (qh, kh, vh))
     if chosen is Algorithm.AUTO and qh.is_cuda and comm.size > 1:
         # on GPUs "auto" asks the cost model (interconnect: $TASP_INTERCONNECT or the GPU's name)
         chosen = auto_algorithm(topo, (qh.shape[0], qh.shape[1], kh.shape[1], qh.shape[2], qh.shape[3]),
@@ -195,27 +201,60 @@ def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
                               transport=options.transport, peer=_peer_memory(comm, options.transport, topology, qh),
                               packed=None if packed is None else PackedLayout.from_cu_seqlens(packed, comm.size))
     out, lse = RingAttentionFunction.apply(qh, kh, vh, cfg)
-    if hybrid is not None:
-        out = heads_to_seq(out, a2a, hybrid)
-        lse = heads_to_seq(lse.unsqueeze(-1), a2a, hybrid).squeeze(-1)
-    inverse = [perm.index(i) for i in range(4)]
     if packed is not None:
-        out, lse = out.index_select(2, back).permute(*inverse)[0], lse.index_select(2, back)[0]
-    else:
-        out = out.permute(*inverse)
+        out, lse = out.index_select(2, back), lse.index_select(2, back)
+    if stage is not None:
+        out, lse = stage.to_seq(out), stage.to_seq(lse.unsqueeze(-1)).squeeze(-1)
+    out = out.permute(*[perm.index(i) for i in range(4)])
+    if packed is not None:
+        out, lse = out[0], lse[0]
     return (out, lse) if options.return_lse else out
 
 
-def _to_heads(comm: Communicator, hybrid: HybridLayout, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
-              ) -> tuple[Communicator, tuple[torch.Tensor, torch.Tensor, torch.Tensor], Communicator]:
-    """The Ulysses stage: the ring group's communicator, q/k/v ``[b, h / u, u * s, d]`` after the all-to-all
-    (K/V heads repeated first where they are fewer than ``u``), and the all-to-all group's communicator."""
-    a2a = SubCommunicator(comm, hybrid.a2a_members(comm.rank))
-    ring = SubCommunicator(comm, hybrid.ring_members(comm.rank))
-    repeats = hybrid.kv_repeats(q.shape[1], k.shape[1])
-    if repeats > 1:
-        k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
-    return ring, (seq_to_heads(q, a2a, hybrid), seq_to_heads(k, a2a, hybrid), seq_to_heads(v, a2a, hybrid)), a2a
+@dataclass(frozen=True)
+class _UlyssesStage:
+    """The all-to-all around the engine of a hybrid call: its group, the ring group, and the row order that
+    makes the gathered rows the ring group's zigzag shard (per document when packed)."""
+
+    a2a: Communicator
+    ring: Communicator
+    hybrid: HybridLayout
+    order: torch.Tensor
+    inverse: torch.Tensor
+
+    @classmethod
+    def of(cls, comm: Communicator, hybrid: HybridLayout, packed: tuple[int, ...] | None,
+           q: torch.Tensor) -> _UlyssesStage:
+        order, inverse = _gather_order(hybrid, _local_lengths(packed, comm.size, q.shape[2]), q.device)
+        return cls(SubCommunicator(comm, hybrid.a2a_members(comm.rank)),
+                   SubCommunicator(comm, hybrid.ring_members(comm.rank)), hybrid, order, inverse)
+
+    def to_heads(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q/k/v ``[b, h / u, u * s, d]`` after the all-to-all (K/V heads repeated first where fewer than u)."""
+        repeats = self.hybrid.kv_repeats(q.shape[1], k.shape[1])
+        if repeats > 1:
+            k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
+        q, k, v = (seq_to_heads(x, self.a2a, self.order, self.inverse) for x in (q, k, v))
+        return q, k, v
+
+    def to_seq(self, y: torch.Tensor) -> torch.Tensor:
+        return heads_to_seq(y, self.a2a, self.order, self.inverse)
+
+
+def _local_lengths(packed: tuple[int, ...] | None, cp_size: int, rows: int) -> tuple[int, ...]:
+    """One rank's rows per document (the whole local sequence when nothing is packed)."""
+    if packed is None:
+        return (rows,)
+    return tuple((b - a) // cp_size for a, b in zip(packed[:-1], packed[1:], strict=False))
+
+
+@functools.lru_cache(maxsize=64)
+def _gather_order(hybrid: HybridLayout, lengths: tuple[int, ...], device: torch.device
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``HybridLayout.gather_order`` as an index tensor on ``device``, and its inverse (cached)."""
+    order = torch.tensor(hybrid.gather_order(lengths), dtype=torch.long, device=device)
+    return order, torch.argsort(order)
 
 
 @functools.lru_cache(maxsize=64)

@@ -163,13 +163,11 @@ def check_packed(layout: Layout, cu_seqlens: object, q: torch.Tensor, cp_size: i
 
 def check_hybrid(options: CallOptions, q: torch.Tensor, k: torch.Tensor, cp_size: int) -> HybridLayout | None:
     """The Ulysses x ring split for ``options.ulysses_size`` (None for 1): it must divide the CP group and the
-    query heads, and the K/V heads must divide it or be divisible by it. Packed documents are not split."""
+    query heads, and the K/V heads must divide it or be divisible by it."""
     if options.ulysses_size == 1:
         return None
-    if options.layout is Layout.THD:
-        raise ValueError("ulysses_size > 1 does not take packed documents (layout 'thd') yet; use ulysses_size=1")
     hybrid = HybridLayout.of(cp_size, options.ulysses_size)
-    head_axis = options.layout.to_bhsd[1]
+    head_axis = 1 if options.layout is Layout.THD else options.layout.to_bhsd[1]
     hybrid.kv_repeats(q.shape[head_axis], k.shape[head_axis])
     return hybrid
 

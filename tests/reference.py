@@ -48,3 +48,13 @@ def block_kernel_errors(kernel, dtype: torch.dtype, kv_heads: int, causal: bool,
         assert got.shape == want.shape, name
         errors[name] = ((got.double().cpu() - want).abs().max() / want.abs().max()).item()
     return errors
+
+
+def packed_reference(q, k, v, cu, causal, scale):
+    """Attention of each document alone ([T, H, D] inputs), concatenated: out [T, H, D], lse [H, T]."""
+    outs, lses = [], []
+    for a, b in zip(cu[:-1], cu[1:], strict=True):
+        o, s = reference_attention(q[None, a:b], k[None, a:b], v[None, a:b], causal, scale)
+        outs.append(o[0])
+        lses.append(s[0])
+    return torch.cat(outs), torch.cat(lses, dim=-1)

@@ -12,10 +12,10 @@ import torch
 from tasp_plugin import context_parallel_attention
 from tasp_plugin.comm import ThreadGroup
 from tasp_plugin.planning import HybridLayout
-from tasp_plugin.sharding import shard_sequence
+from tasp_plugin.sharding import cu_seqlens_of, padded_document_lengths, shard_packed, shard_sequence
 
 from .distributed import run_distributed
-from .reference import reference_attention
+from .reference import packed_reference, reference_attention
 
 
 def test_groups_are_consecutive_all_to_all_and_strided_rings():
@@ -37,6 +37,21 @@ def test_gathered_sequence_is_the_ring_groups_zigzag_shard(n, u):
         gathered = torch.cat([shards[j][half * part:half * (part + 1)] for j, part in layout.gathered_pieces()])
         ring_position = layout.ring_members(rank).index(rank)
         assert torch.equal(gathered, shard_sequence(positions, ring_position, layout.ring, 0))
+
+
+@pytest.mark.parametrize("n", [4, 8])
+@pytest.mark.parametrize("u", [2, 4])
+def test_packed_gather_order_is_the_ring_groups_shard_per_document(n, u):
+    """Per-document zigzag over n, gathered per document, is per-document zigzag over n / u."""
+    layout = HybridLayout.of(n, u)
+    cu = cu_seqlens_of(padded_document_lengths([5, 17, 2 * n], n))
+    positions = torch.arange(cu[-1])
+    local = [(b - a) // n for a, b in zip(cu[:-1], cu[1:], strict=True)]
+    for rank in range(n):
+        received = torch.cat([shard_packed(positions, cu, m, n, 0) for m in layout.a2a_members(rank)])
+        gathered = received[torch.tensor(layout.gather_order(local))]
+        ring_position = layout.ring_members(rank).index(rank)
+        assert torch.equal(gathered, shard_packed(positions, cu, ring_position, layout.ring, 0))
 
 
 @pytest.mark.parametrize(("n", "u", "heads", "kv", "message"), [
@@ -104,6 +119,34 @@ def test_hybrid_on_emulated_nodes(topology, u, algorithm):
     """All-to-all inside a node, the ring part across nodes (one GPU per rail, or per node pair)."""
     errors = hybrid_errors(8, u, algorithm, True, 8, 4, topology=topology)
     assert max(errors.values()) < 1e-10, errors
+
+
+@pytest.mark.parametrize(("u", "r"), [(2, 2), (4, 1), (2, 3)])
+@pytest.mark.parametrize("algorithm", ["zigzag", "hamilton"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_hybrid_on_packed_documents(u, r, algorithm, causal):
+    """layout="thd" + cu_seqlens with ulysses_size: each document attends only to itself, out/LSE/grads exact."""
+    n, heads, kv, d = u * r, 8, 2, 8
+    cu = cu_seqlens_of(padded_document_lengths([7, 2 * n, 13], n))
+    torch.manual_seed(3)
+    q, k, v = (torch.randn(cu[-1], h, d, dtype=torch.float64, requires_grad=True) for h in (heads, kv, kv))
+    dout = torch.randn(cu[-1], heads, d, dtype=torch.float64)
+    ref_out, ref_lse = packed_reference(q, k, v, cu, causal, d ** -0.5)
+    (ref_out * dout).sum().backward()
+    groups = ThreadGroup.create(n)
+
+    def run(rank: int) -> float:
+        local = [shard_packed(x.detach(), cu, rank, n, 0).requires_grad_() for x in (q, k, v)]
+        out, lse = context_parallel_attention(*local, group=groups[rank], algorithm=algorithm, causal=causal,
+                                              layout="thd", cu_seqlens=cu, return_lse=True, ulysses_size=u)
+        (out * shard_packed(dout, cu, rank, n, 0)).sum().backward()
+        pairs = [(out, shard_packed(ref_out, cu, rank, n, 0)), (lse, shard_packed(ref_lse, cu, rank, n, 1)),
+                 *((x.grad, shard_packed(g, cu, rank, n, 0)) for x, g in zip(local, (q.grad, k.grad, v.grad),
+                                                                              strict=True))]
+        return max(((a - b).abs().max() / b.abs().max()).item() for a, b in pairs)
+
+    with ThreadPoolExecutor(n) as pool:
+        assert max(pool.map(run, range(n))) < 1e-10
 
 
 def test_hybrid_bf16_is_close():

@@ -14,19 +14,9 @@ from tasp_plugin.kernels import MathKernel, get_kernel
 from tasp_plugin.planning import PackedLayout, Topology, resolve, sub_chunk_lengths, varlen_blocks
 from tasp_plugin.sharding import cu_seqlens_of, grouped_local_order, padded_document_lengths, shard_packed
 
-from .reference import reference_attention
+from .reference import packed_reference
 
 TOL = {torch.float64: 1e-10, torch.bfloat16: 3e-2}
-
-
-def packed_reference(q, k, v, cu, causal, scale):
-    """Attention of each document alone ([T, H, D] inputs), concatenated: out [T, H, D], lse [H, T]."""
-    outs, lses = [], []
-    for a, b in zip(cu[:-1], cu[1:], strict=True):
-        o, s = reference_attention(q[None, a:b], k[None, a:b], v[None, a:b], causal, scale)
-        outs.append(o[0])
-        lses.append(s[0])
-    return torch.cat(outs), torch.cat(lses, dim=-1)
 
 
 def packed_errors(n, algorithm, causal, doc_lengths, kv_heads=2, dtype=torch.float64, heads=4, head_dim=8,

@@ -92,8 +92,9 @@ def _predict(args: argparse.Namespace, n: int, m: int) -> None:
     layouts = choose_layout(machine, problem)
     print("head x sequence layouts (Ulysses all-to-all inside a node x ring schedule; ulysses_size, "
           "Megatron a2a / a2a+p2p / a2a+hamilton):")
-    for name, p in sorted(layouts.predictions.items(), key=lambda item: item[1].fwd_bwd_s):
-        print(f"  {name:<32} forward {p.fwd_s * 1e3:9.3f} ms   forward+backward {p.fwd_bwd_s * 1e3:9.3f} ms")
+    for label, layout in sorted(layouts.predictions.items(), key=lambda item: item[1].fwd_bwd_s):
+        print(f"  {label:<32} forward {layout.fwd_s * 1e3:9.3f} ms   forward+backward "
+              f"{layout.fwd_bwd_s * 1e3:9.3f} ms")
     print(f"  best layout: {layouts.reason}")
 
 

@@ -9,11 +9,13 @@ Why the sequence stays zigzag: with zigzag sharding over all ``n`` ranks (rank `
 ``2n - 1 - i`` of ``2n``), the all-to-all group of ring position ``p`` holds chunks ``p*u .. p*u + u - 1`` and
 their mirror images. Gathered as ``[front pieces of ranks 0..u-1 | back pieces of ranks u-1..0]`` these are
 chunks ``p`` and ``2r - 1 - p`` of ``2r``: exactly the zigzag shard of ring position ``p`` over ``r`` ranks,
-so the ring engine and its causal masks need nothing new.
+so the ring engine and its causal masks need nothing new. Packed documents are sharded per document the
+same way (Megatron-core's convention), so the same gathering per document keeps them right too.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = ["HybridLayout"]
@@ -56,6 +58,24 @@ class HybridLayout:
         front = tuple((j, 0) for j in range(self.ulysses))
         back = tuple((j, 1) for j in reversed(range(self.ulysses)))
         return front + back
+
+    def gather_order(self, local_lengths: Sequence[int]) -> list[int]:
+        """Rows of the ring group's zigzag shard, as indices into the all-to-all's received rows (rank
+        ``0``'s local rows, then rank ``1``'s, ...). ``local_lengths`` are one rank's rows per document (one
+        entry, the local sequence, when nothing is packed; each even: a front and a back piece): every
+        document is gathered as :meth:`gathered_pieces` says, documents in order."""
+        total = sum(local_lengths)
+        order: list[int] = []
+        start = 0
+        for length in local_lengths:
+            if length % 2:
+                raise ValueError(f"a document's local rows must be even (front and back pieces), got {length}")
+            half = length // 2
+            for j, part in self.gathered_pieces():
+                first = j * total + start + part * half
+                order.extend(range(first, first + half))
+            start += length
+        return order
 
     def kv_repeats(self, heads: int, kv_heads: int) -> int:
         """How often each K/V head is repeated before the all-to-all so every rank gets whole K/V heads for

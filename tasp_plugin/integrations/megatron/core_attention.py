@@ -178,5 +178,6 @@ class TASPCoreAttention(MegatronModule):
                              "pad nothing (cu_seqlens_q_padded equal to cu_seqlens_q) or use a causal mask")
         group = LoopbackGroup(1, 0) if self.cp_group is None else tasp_groups_for(self.cp_group) or self.cp_group
         out = context_parallel_attention(query, key, value, group=group, algorithm=self.algorithm, causal=causal,
-                                         softmax_scale=self.softmax_scale, layout="thd", cu_seqlens=cu)
+                                         softmax_scale=self.softmax_scale, layout="thd", cu_seqlens=cu,
+                                         ulysses_size=self.ulysses_size)
         return out.reshape(out.shape[0], -1)
