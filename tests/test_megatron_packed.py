@@ -14,7 +14,7 @@ from .test_packed_engine import packed_reference
 DOCS = [5, 19, 2, 30]
 
 
-def _packed_case(rank, n, algorithm, causal):
+def _packed_case(rank, n, algorithm, causal, hierarchical=None):
     import torch.distributed as dist
     from megatron.core.packed_seq_params import PackedSeqParams
     from megatron.core.process_groups_config import ProcessGroupCollection
@@ -31,7 +31,7 @@ def _packed_case(rank, n, algorithm, causal):
     ref.square().sum().backward()
     config = TransformerConfig(num_layers=1, hidden_size=32, num_attention_heads=h, num_query_groups=hkv,
                                context_parallel_size=n, cp_comm_type=algorithm, attention_dropout=0.0,
-                               cuda_graph_scope=[])
+                               cuda_graph_scope=[], hierarchical_context_parallel_sizes=hierarchical)
     pg = ProcessGroupCollection(cp=dist.group.WORLD) if n > 1 else None
     attn = TASPCoreAttention(config, layer_number=1, attn_mask_type=AttnMaskType.causal if causal else
                              AttnMaskType.no_mask, attention_type="self", pg_collection=pg)
@@ -53,6 +53,13 @@ def _packed_case(rank, n, algorithm, causal):
                                                 (3, "ring", False), (4, "zigzag", True)])
 def test_core_attention_on_packed_documents_matches_per_document_attention(n, algorithm, causal):
     assert max(run_distributed(_packed_case, n, algorithm, causal)) < 1e-10
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("algorithm,hierarchical,causal", [("a2a", None, True), ("a2a+hamilton", [2, 2], False)])
+def test_hybrid_core_attention_on_packed_documents(algorithm, hierarchical, causal):
+    """Megatron's a2a / a2a+hamilton with packed_seq_params (CP 4): per-document attention, exact."""
+    assert max(run_distributed(_packed_case, 4, algorithm, causal, hierarchical)) < 1e-10
 
 
 def _gpt_packed(rank, world, cp, algorithm):
