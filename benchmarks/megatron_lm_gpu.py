@@ -22,7 +22,8 @@ EXAMPLE = os.path.join(REPO, "examples", "megatron", "pretrain_gpt_megatron_lm.p
 # Megatron's per-iteration log line (printed by the last rank)
 LOG_LINE = re.compile(r"iteration\s+(\d+)/\s*\d+ \|.*?elapsed time per iteration \(ms\): ([\d.]+) \|"
                       r"(?: throughput per GPU \(TFLOP/s/GPU\): ([\d.]+) \|)?.*?lm loss: ([-+\d.Ee]+) \|")
-RUNS = {"hamilton": (2, "hamilton"), "zigzag": (2, "zigzag"), "cp1": (1, "p2p")}  # name: (GPUs, cp_comm_type)
+# name: (GPUs, cp_comm_type); "a2a" is the head x sequence hybrid (Ulysses over both GPUs)
+RUNS = {"hamilton": (2, "hamilton"), "zigzag": (2, "zigzag"), "a2a": (2, "a2a"), "cp1": (1, "p2p")}
 
 
 def model_flags(seq_length: int, iters: int, global_batch: int, decay_iters: int, shape: tuple[int, int, int]
@@ -127,6 +128,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=10, help="iterations left out of the tokens/s median")
     p.add_argument("--timeout", type=float, default=240, help="seconds per run")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="skip continuing the checkpoint")
+    p.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS), help="which runs (default: all)")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
     tokens = args.seq_length * args.global_batch_size
@@ -134,7 +136,7 @@ def main() -> None:
     results: dict = {"seq_length": args.seq_length, "global_batch_size": args.global_batch_size,
                      "layers_hidden_heads": shape, "runs": {}}
     checkpoint = os.path.join(args.out, "ckpt_hamilton")
-    for name in RUNS:
+    for name in args.runs:
         gpus, words = command(name, args.seq_length, args.iters, args.global_batch_size, shape=shape)
         if name == "hamilton" and args.resume:
             words += ["--save", checkpoint, "--save-interval", str(args.iters)]
@@ -143,7 +145,7 @@ def main() -> None:
                                  "summary": summarize(records, tokens, args.warmup)}
         write(args.out, results)
         print(f"{name:9} {results['runs'][name]['summary']}", flush=True)
-    if not args.resume:
+    if not args.resume or "hamilton" not in args.runs:
         return
     gpus, words = command("hamilton", args.seq_length, args.iters + args.resume_iters, args.global_batch_size,
                           decay_iters=args.iters, shape=shape)

@@ -90,7 +90,8 @@ def _namespace(**overrides) -> argparse.Namespace:
     settings = {"cp_comm_type": ["hamilton"], "spec": ["tasp_plugin.integrations.megatron", "tasp_gpt_layer_spec"],
                 "num_layers": 2, "attention_dropout": 0.0, "transformer_impl": "local", "no_persist_layer_norm": True,
                 "gradient_accumulation_fusion": False, "reset_attention_mask": False,
-                "create_attention_mask_in_dataloader": False, **overrides}
+                "create_attention_mask_in_dataloader": False, "context_parallel_size": 4,
+                "hierarchical_context_parallel_sizes": None, **overrides}
     return argparse.Namespace(**settings)
 
 
@@ -99,6 +100,9 @@ def _namespace(**overrides) -> argparse.Namespace:
     ({"spec": ["local"], "cp_comm_type": ["p2p", "zigzag"]}, "--cp-comm-type zigzag needs --spec"),
     ({"cp_comm_type": ["all_gather"]}, "--cp-comm-type all_gather is not supported with --spec"),
     ({"cp_comm_type": ["ring", "zigzag", "hamilton"]}, "3 values for 2 layers"),
+    ({"cp_comm_type": ["a2a+hamilton"]}, "needs --hierarchical-context-parallel-sizes A R with A x R = "
+                                         "--context-parallel-size 4"),
+    ({"cp_comm_type": ["a2a+p2p"], "hierarchical_context_parallel_sizes": [2, 4]}, "got [2, 4]"),
     ({"attention_dropout": 0.1}, "--attention-dropout 0.1 is not supported"),
     ({"transformer_impl": "transformer_engine"}, "pass --transformer-impl local"),
     ({"no_persist_layer_norm": False}, "pass --no-persist-layer-norm"),
@@ -121,6 +125,8 @@ def test_bad_tasp_settings_raise_one_line(overrides, message):
     {},
     {"cp_comm_type": ["ring", "hamilton"]},
     {"cp_comm_type": "P2P"},
+    {"cp_comm_type": ["a2a"]},
+    {"cp_comm_type": ["a2a+hamilton"], "hierarchical_context_parallel_sizes": [2, 2]},
     {"spec": ["tasp_plugin.integrations.megatron.layer_spec", "tasp_gpt_layer_spec"]},
     {"spec": None, "cp_comm_type": ["p2p"], "attention_dropout": 0.1, "transformer_impl": "transformer_engine"},
 ])
@@ -221,7 +227,7 @@ def test_benchmark_reads_megatrons_log_line():
 
 
 @needs_training
-@pytest.mark.parametrize("name", ["hamilton", "zigzag", "cp1"])
+@pytest.mark.parametrize("name", ["hamilton", "zigzag", "a2a", "cp1"])
 def test_benchmark_runs_pass_the_example_checks(megatron_lm, monkeypatch, name):
     gpus, words = _benchmark().command(name, 16384, 100, 4)
     monkeypatch.setenv("WORLD_SIZE", str(gpus))

@@ -47,6 +47,12 @@ def check_megatron_lm_args(args: Namespace) -> None:
     if unknown:
         raise ValueError(f"--cp-comm-type {' '.join(unknown)} is not supported with {flag}; use one of "
                          f"{known} (one value, or one per layer)")
+    hierarchical = list(getattr(args, "hierarchical_context_parallel_sizes", None) or [])
+    for value in {v.lower() for v in values if v.lower().startswith("a2a+")}:
+        if len(hierarchical) != 2 or hierarchical[0] * hierarchical[1] != args.context_parallel_size:
+            raise ValueError(f"--cp-comm-type {value} needs --hierarchical-context-parallel-sizes A R with A x R = "
+                             f"--context-parallel-size {args.context_parallel_size} (all-to-all size, ring size), "
+                             f"got {hierarchical or None}")
     if len(values) not in (1, args.num_layers):
         raise ValueError(f"--cp-comm-type has {len(values)} values for {args.num_layers} layers; give one value "
                          "or one per layer")
