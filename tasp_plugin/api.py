@@ -184,8 +184,10 @@ def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
         stage = _UlyssesStage.of(comm, hybrid, packed, qh)
         comm = stage.ring
         qh, kh, vh = stage.to_heads(qh, kh, vh)
-        topo = comm.topology(topology) if chosen in _NEEDS_TOPOLOGY and comm.size > 1 else Topology.uniform(
-            1, comm.size)
+        topo = Topology.uniform(1, comm.size)
+        if chosen in _NEEDS_TOPOLOGY and comm.size > 1:
+            topo = comm.topology(topology)
+            _warn_if_across_nodes(stage, topology)
     else:
         topo = _topology(comm, chosen, topology)
     if packed is not None:  # rows grouped [front pieces | back pieces] for the engine
@@ -240,6 +242,18 @@ class _UlyssesStage:
 
     def to_seq(self, y: torch.Tensor) -> torch.Tensor:
         return heads_to_seq(y, self.a2a, self.order, self.inverse)
+
+
+def _warn_if_across_nodes(stage: _UlyssesStage, override: Topology | str | None) -> None:
+    """Warn once per group where an all-to-all group spans nodes (it should sit on one node's NVLink: give
+    the CP group node-contiguous ranks and a ``ulysses_size`` that divides the GPUs per node)."""
+    assert isinstance(stage.a2a, SubCommunicator)
+    parent, members = stage.a2a.parent, stage.a2a.members
+    nodes = {parent.topology(override).node_of(m) for m in members}
+    if len(nodes) > 1 and (parent.key, "a2a") not in _warned:
+        _warned.add((parent.key, "a2a"))
+        warnings.warn(f"ulysses_size {len(members)}: the all-to-all group of CP ranks {list(members)} spans "
+                      f"{len(nodes)} nodes; use a ulysses_size that divides the GPUs per node", stacklevel=3)
 
 
 def _local_lengths(packed: tuple[int, ...] | None, cp_size: int, rows: int) -> tuple[int, ...]:

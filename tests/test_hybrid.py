@@ -149,6 +149,13 @@ def test_hybrid_on_packed_documents(u, r, algorithm, causal):
         assert max(pool.map(run, range(n))) < 1e-10
 
 
+def test_all_to_all_across_nodes_warns():
+    """Nodes of 2 GPUs and all-to-all groups of 4: correct, but the all-to-all leaves NVLink."""
+    with pytest.warns(UserWarning, match="spans 2 nodes"):
+        errors = hybrid_errors(8, 4, "hamilton", True, 8, 4, topology="4x2")
+    assert max(errors.values()) < 1e-10
+
+
 def test_hybrid_bf16_is_close():
     errors = hybrid_errors(4, 2, "hamilton", True, 8, 2, dtype=torch.bfloat16, seq_per_rank=16)
     assert max(errors.values()) < 3e-2, errors
