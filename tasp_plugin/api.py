@@ -182,12 +182,11 @@ def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     stage: _UlyssesStage | None = None
     if hybrid is not None:
         stage = _UlyssesStage.of(comm, hybrid, packed, qh)
+        # every rank resolves every ring group's schedule before the first all-to-all, so that a group
+        # without a schedule fails on all ranks alike instead of stranding the others in the exchange
+        chosen, topo = _hybrid_schedule(stage, chosen, topology, qh, kh, options.causal)
         comm = stage.ring
         qh, kh, vh = stage.to_heads(qh, kh, vh)
-        topo = Topology.uniform(1, comm.size)
-        if chosen in _NEEDS_TOPOLOGY and comm.size > 1:
-            topo = comm.topology(topology)
-            _warn_if_across_nodes(stage, topology)
     else:
         topo = _topology(comm, chosen, topology)
     if packed is not None:  # rows grouped [front pieces | back pieces] for the engine
@@ -206,7 +205,8 @@ def context_parallel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     if packed is not None:
         out, lse = out.index_select(2, back), lse.index_select(2, back)
     if stage is not None:
-        out, lse = stage.to_seq(out), stage.to_seq(lse.unsqueeze(-1)).squeeze(-1)
+        out = stage.to_seq(out)
+        lse = stage.to_seq(lse.unsqueeze(-1)).squeeze(-1) if options.return_lse else lse
     out = out.permute(*[perm.index(i) for i in range(4)])
     if packed is not None:
         out, lse = out[0], lse[0]
@@ -244,16 +244,31 @@ class _UlyssesStage:
         return heads_to_seq(y, self.a2a, self.order, self.inverse)
 
 
-def _warn_if_across_nodes(stage: _UlyssesStage, override: Topology | str | None) -> None:
-    """Warn once per group where an all-to-all group spans nodes (it should sit on one node's NVLink: give
-    the CP group node-contiguous ranks and a ``ulysses_size`` that divides the GPUs per node)."""
-    assert isinstance(stage.a2a, SubCommunicator)
-    parent, members = stage.a2a.parent, stage.a2a.members
-    nodes = {parent.topology(override).node_of(m) for m in members}
-    if len(nodes) > 1 and (parent.key, "a2a") not in _warned:
+def _hybrid_schedule(stage: _UlyssesStage, chosen: Algorithm, override: Topology | str | None, q: torch.Tensor,
+                     k: torch.Tensor, causal: bool) -> tuple[Algorithm, Topology]:
+    """The algorithm and this rank's ring-group topology of a hybrid call, after resolving the schedule of
+    every ring group from the CP group's topology (detected on every rank alike: all take this path), and
+    a one-time warning where an all-to-all group spans nodes."""
+    assert isinstance(stage.a2a, SubCommunicator) and isinstance(stage.ring, SubCommunicator)
+    parent, hybrid = stage.ring.parent, stage.hybrid
+    whole = parent.topology(override)
+    rings = [Topology.from_node_ids([whole.node_of(m) for m in hybrid.ring_members(j)])
+             for j in range(hybrid.ulysses)]
+    spans = [len({whole.node_of(m) for m in hybrid.a2a_members(p * hybrid.ulysses)}) for p in range(hybrid.ring)]
+    if max(spans) > 1 and (parent.key, "a2a") not in _warned:
         _warned.add((parent.key, "a2a"))
-        warnings.warn(f"ulysses_size {len(members)}: the all-to-all group of CP ranks {list(members)} spans "
-                      f"{len(nodes)} nodes; use a ulysses_size that divides the GPUs per node", stacklevel=3)
+        warnings.warn(f"ulysses_size {hybrid.ulysses}: all-to-all groups of consecutive CP ranks span up to "
+                      f"{max(spans)} nodes; use a ulysses_size that divides the GPUs per node (node-contiguous "
+                      "CP ranks)", stacklevel=3)
+    mine = rings[parent.rank % hybrid.ulysses]
+    if chosen is Algorithm.AUTO and q.is_cuda and hybrid.ring > 1:
+        u = hybrid.ulysses
+        chosen = auto_algorithm(mine, (q.shape[0], q.shape[1] // u, max(k.shape[1], u) // u, q.shape[2] * u,
+                                       q.shape[3]), q.element_size(), causal, gpu_name(q.device.index),
+                                os.environ.get("TASP_INTERCONNECT") or None)
+    for ring in rings:
+        _resolution(stage.ring, chosen, ring)
+    return chosen, mine
 
 
 def _local_lengths(packed: tuple[int, ...] | None, cp_size: int, rows: int) -> tuple[int, ...]:

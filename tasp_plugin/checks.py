@@ -166,6 +166,9 @@ def check_hybrid(options: CallOptions, q: torch.Tensor, k: torch.Tensor, cp_size
     query heads, and the K/V heads must divide it or be divisible by it."""
     if options.ulysses_size == 1:
         return None
+    if options.transport in ("peer_copy", "all_to_all"):
+        raise ValueError(f"${TRANSPORT_ENV}={options.transport} does not work with ulysses_size > 1 (its ring groups "
+                         "are views of the CP group); use auto or p2p")
     hybrid = HybridLayout.of(cp_size, options.ulysses_size)
     head_axis = 1 if options.layout is Layout.THD else options.layout.to_bhsd[1]
     hybrid.kv_repeats(q.shape[head_axis], k.shape[head_axis])

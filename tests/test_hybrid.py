@@ -100,7 +100,7 @@ def hybrid_errors(n: int, u: int, algorithm: str, causal: bool, heads: int, kv_h
     return {name: max(e[name] for e in per_rank) for name in per_rank[0]}
 
 
-SPLITS = [(u, r, kv) for u, r in [(2, 2), (4, 2), (2, 4), (8, 1), (3, 2)] for kv in (24, 6, 2)
+SPLITS = [(u, r, kv) for u, r in [(2, 2), (4, 2), (2, 4), (8, 1), (3, 2), (2, 3), (2, 5)] for kv in (24, 6, 2)
           if kv % u == 0 or u % kv == 0]  # (all-to-all size, ring size, K/V heads of 24 query heads)
 
 
@@ -149,11 +149,50 @@ def test_hybrid_on_packed_documents(u, r, algorithm, causal):
         assert max(pool.map(run, range(n))) < 1e-10
 
 
-def test_all_to_all_across_nodes_warns():
-    """Nodes of 2 GPUs and all-to-all groups of 4: correct, but the all-to-all leaves NVLink."""
-    with pytest.warns(UserWarning, match="spans 2 nodes"):
-        errors = hybrid_errors(8, 4, "hamilton", True, 8, 4, topology="4x2")
+@pytest.mark.parametrize(("algorithm", "u"), [("hamilton", 4), ("zigzag", 4), ("zigzag", 8)])
+def test_all_to_all_across_nodes_warns(algorithm, u):
+    """Nodes of 2 GPUs and all-to-all groups of 4 or 8: correct, but the all-to-all leaves NVLink."""
+    with pytest.warns(UserWarning, match="span up to"):
+        errors = hybrid_errors(8, u, algorithm, True, 8, 8, topology="4x2")
     assert max(errors.values()) < 1e-10
+
+
+def test_a_ring_group_without_a_schedule_fails_on_every_rank():
+    """Uneven nodes: the odd ring group has no multi-node Hamilton schedule. Every rank must raise before
+    the all-to-all (it used to strand the other ring group in the exchange: a hang)."""
+    from tasp_plugin.planning import Topology
+
+    groups = ThreadGroup.create(8, timeout=20)
+    uneven = Topology(((0, 1, 2), (3, 4, 5, 6, 7)))
+
+    def run(rank: int) -> str:
+        x = torch.randn(1, 16, 4, 8)
+        try:
+            context_parallel_attention(x, x, x, group=groups[rank], algorithm="hamilton_multinode",
+                                       ulysses_size=2, topology=uneven)
+        except ValueError as exc:
+            return type(exc).__name__
+        return "no error"
+
+    with pytest.warns(UserWarning, match="span up to"), ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(run, range(8))) == ["ValueError"] * 8
+
+
+@pytest.mark.parametrize("transport", ["peer_copy", "all_to_all"])
+def test_transports_without_sub_groups_are_refused(monkeypatch, transport):
+    monkeypatch.setenv("TASP_TRANSPORT", transport)
+    groups = ThreadGroup.create(2)
+
+    def run(rank: int) -> str:
+        x = torch.randn(1, 8, 4, 8)
+        try:
+            context_parallel_attention(x, x, x, group=groups[rank], ulysses_size=2)
+        except ValueError as exc:
+            return str(exc)
+        return "no error"
+
+    with ThreadPoolExecutor(2) as pool:
+        assert all("does not work with ulysses_size > 1" in m for m in pool.map(run, range(2)))
 
 
 def test_hybrid_bf16_is_close():

@@ -28,7 +28,7 @@ ATTENTION_CASES = [(2, "hamilton", True), (3, "hamilton", True), (3, "ring", Fal
 GPT_CASES = [(cp, algo) for cp in (2, 4, 8) for algo in ("hamilton", "ring", "zigzag")]
 # head x sequence hybrids: (CP size, cp_comm_type, hierarchical_context_parallel_sizes)
 HYBRID_ATTENTION_CASES = [(4, "a2a", None, True), (4, "a2a+p2p", (2, 2), False), (8, "a2a+hamilton", (4, 2), True),
-                          (8, "a2a+p2p", (2, 4), True)]
+                          (8, "a2a+p2p", (2, 4), True), (6, "a2a+hamilton", (2, 3), True)]
 HYBRID_GPT_CASES = [(4, "a2a", None), (4, "a2a+hamilton", (2, 2)), (8, "a2a+p2p", (2, 4)),
                     (8, "a2a+hamilton", (4, 2))]
 CURVE_STEPS = 20
@@ -127,7 +127,8 @@ def _world8(rank: int, world: int, out_dir: str) -> dict:
 
     warnings.filterwarnings("ignore")
     result: dict = {"attention": {}, "gpt": {}}
-    subgroups = {n: dist.new_group(list(range(n))) for n in sorted({c[0] for c in ATTENTION_CASES}) if n < world}
+    sizes = {c[0] for c in ATTENTION_CASES + HYBRID_ATTENTION_CASES}
+    subgroups = {n: dist.new_group(list(range(n))) for n in sorted(sizes) if n < world}
     subgroups[world] = dist.group.WORLD
     for n, algorithm, causal in ATTENTION_CASES:
         if rank < n:

@@ -66,6 +66,8 @@ def test_dropout_softmax_window_and_comm_type_errors():
         layer_split("a2a+p2p", 1, 4, None)
     with pytest.raises(ValueError, match="whose product is the CP size 4"):
         layer_split("a2a+hamilton", 1, 4, [2, 4])
+    with pytest.raises(ValueError, match="ulysses_size 8 must divide the 4 query heads"):  # at build, not in forward
+        _attention(_config(context_parallel_size=8, cp_comm_type="a2a"))
     with pytest.raises(ValueError, match="2 entries"):
         resolve_cp_comm_type(["ring", "hamilton"], 3)
 

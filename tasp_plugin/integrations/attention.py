@@ -60,13 +60,13 @@ class TASPAttention(torch.nn.Module):
 
     def __init__(self, *, causal: bool = True, softmax_scale: float | None = None, layout: str = "bshd",
                  group: dist.ProcessGroup | CPGroups | None = None, algorithm: str | None = None,
-                 backend: str | None = None) -> None:
+                 backend: str | None = None, ulysses_size: int | None = None) -> None:
         super().__init__()
         if layout is None:
             raise TypeError("layout must be one of 'bshd', 'sbhd', 'bhsd', not None")
         check_options(layout, algorithm, backend)
         self.causal, self.softmax_scale, self.layout = causal, softmax_scale, layout
-        self.group, self.algorithm, self.backend = group, algorithm, backend
+        self.group, self.algorithm, self.backend, self.ulysses_size = group, algorithm, backend, ulysses_size
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Local attention output, same layout as the inputs."""
@@ -75,7 +75,7 @@ class TASPAttention(torch.nn.Module):
             q, k, v, group=self.group if self.group is not None else settings.group,
             algorithm=self.algorithm or settings.algorithm, causal=self.causal,
             softmax_scale=self.softmax_scale, layout=self.layout, backend=self.backend or settings.backend,
-            ulysses_size=settings.ulysses_size)
+            ulysses_size=self.ulysses_size or settings.ulysses_size)
 
     def extra_repr(self) -> str:
         return f"causal={self.causal}, layout={self.layout!r}, algorithm={self.algorithm or 'installed'}"

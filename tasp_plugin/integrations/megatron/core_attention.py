@@ -21,7 +21,7 @@ from megatron.core.transformer.utils import is_layer_window_attention
 
 from ...api import context_parallel_attention
 from ...comm import LoopbackGroup
-from ...planning import Algorithm
+from ...planning import Algorithm, HybridLayout
 from .groups import tasp_groups_for
 
 __all__ = ["CP_COMM_TYPES", "HYBRID_CP_COMM_TYPES", "TASPCoreAttention", "layer_split", "resolve_cp_comm_type"]
@@ -122,6 +122,10 @@ class TASPCoreAttention(MegatronModule):
         # Megatron's query-key layer scaling divides the logits by layer_number and multiplies them back
         # inside the fp32 softmax, so the net scale is the unscaled one.
         self.softmax_scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(config.kv_channels)
+        if self.ulysses_size > 1:  # the heads this rank holds (after tensor parallelism) must split
+            tp = config.tensor_model_parallel_size
+            heads, groups = config.num_attention_heads // tp, (config.num_query_groups or config.num_attention_heads)
+            HybridLayout.of(config.context_parallel_size, self.ulysses_size).kv_repeats(heads, max(groups // tp, 1))
         self.cp_group = _cp_group(config, pg_collection)
 
     @staticmethod
