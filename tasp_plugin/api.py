@@ -41,7 +41,7 @@ def _resolution(comm: Communicator, algorithm: Algorithm, topology: Topology) ->
     if res.fell_back and res.requested is Algorithm.HAMILTON and comm.key not in _warned:
         _warned.add(comm.key)
         n = topology.world_size
-        warnings.warn(f"algorithm 'hamilton' is falling back to zigzag ring attention on this CP group of {n} "
+        warnings.warn(f"algorithm 'hamilton' is falling back to zigzag ring attention on this group of {n} "
                       f"ranks, since K_{n} has no Hamiltonian decomposition", stacklevel=3)
     return res
 

@@ -139,6 +139,7 @@ def _groups_and_engine(rank, world):
 
 @pytest.mark.distributed
 @pytest.mark.slow
+@pytest.mark.integration  # uses megatron-core's parallel_state: run on both CI lines
 def test_groups_match_megatron_and_multinode_engine_is_exact():
     pytest.importorskip("megatron.core")
     for rank, report in enumerate(run_distributed(_groups_and_engine, 8)):
