@@ -249,26 +249,30 @@ def _hybrid_schedule(stage: _UlyssesStage, chosen: Algorithm, override: Topology
     """The algorithm and this rank's ring-group topology of a hybrid call, after resolving the schedule of
     every ring group from the CP group's topology (detected on every rank alike: all take this path), and
     a one-time warning where an all-to-all group spans nodes."""
-    assert isinstance(stage.a2a, SubCommunicator) and isinstance(stage.ring, SubCommunicator)
+    assert isinstance(stage.ring, SubCommunicator)
     parent, hybrid = stage.ring.parent, stage.hybrid
     whole = parent.topology(override)
-    rings = [Topology.from_node_ids([whole.node_of(m) for m in hybrid.ring_members(j)])
-             for j in range(hybrid.ulysses)]
-    spans = [len({whole.node_of(m) for m in hybrid.a2a_members(p * hybrid.ulysses)}) for p in range(hybrid.ring)]
-    if max(spans) > 1 and (parent.key, "a2a") not in _warned:
+    rings, span = _ring_topologies(hybrid, whole)
+    if span > 1 and (parent.key, "a2a") not in _warned:
         _warned.add((parent.key, "a2a"))
         warnings.warn(f"ulysses_size {hybrid.ulysses}: all-to-all groups of consecutive CP ranks span up to "
-                      f"{max(spans)} nodes; use a ulysses_size that divides the GPUs per node (node-contiguous "
+                      f"{span} nodes; use a ulysses_size that divides the GPUs per node (node-contiguous "
                       "CP ranks)", stacklevel=3)
     mine = rings[parent.rank % hybrid.ulysses]
     if chosen is Algorithm.AUTO and q.is_cuda and hybrid.ring > 1:
-        u = hybrid.ulysses
-        chosen = auto_algorithm(mine, (q.shape[0], q.shape[1] // u, max(k.shape[1], u) // u, q.shape[2] * u,
-                                       q.shape[3]), q.element_size(), causal, gpu_name(q.device.index),
+        u, kv = hybrid.ulysses, k.shape[1] * hybrid.kv_repeats(q.shape[1], k.shape[1])
+        chosen = auto_algorithm(mine, (q.shape[0], q.shape[1] // u, kv // u, q.shape[2] * u, q.shape[3]),
+                                q.element_size(), causal, gpu_name(q.device.index),
                                 os.environ.get("TASP_INTERCONNECT") or None)
     for ring in rings:
         _resolution(stage.ring, chosen, ring)
     return chosen, mine
+
+
+@functools.lru_cache(maxsize=64)
+def _ring_topologies(hybrid: HybridLayout, whole: Topology) -> tuple[tuple[Topology, ...], int]:
+    """Every ring group's topology and the all-to-all groups' node span (cached: pure, asked every call)."""
+    return hybrid.ring_topologies(whole), hybrid.a2a_node_span(whole)
 
 
 def _local_lengths(packed: tuple[int, ...] | None, cp_size: int, rows: int) -> tuple[int, ...]:

@@ -26,6 +26,14 @@ def test_groups_are_consecutive_all_to_all_and_strided_rings():
     assert layout.gathered_pieces() == ((0, 0), (1, 0), (2, 0), (3, 0), (3, 1), (2, 1), (1, 1), (0, 1))
 
 
+def test_ring_topologies_and_node_span_follow_the_cp_topology():
+    from tasp_plugin.planning import Topology
+
+    layout, whole = HybridLayout.of(8, 2), Topology.parse("2x4")
+    assert layout.ring_topologies(whole) == (Topology.parse("2x2"),) * 2  # ranks 0,2 | 4,6 and 1,3 | 5,7
+    assert layout.a2a_node_span(whole) == 1 and HybridLayout.of(8, 8).a2a_node_span(whole) == 2
+
+
 @pytest.mark.parametrize(("n", "u"), [(4, 2), (8, 4), (8, 2), (8, 8), (6, 3), (2, 1)])
 def test_gathered_sequence_is_the_ring_groups_zigzag_shard(n, u):
     """The claim the hybrid rests on: zigzag over n, gathered in the all-to-all group, is zigzag over n / u."""

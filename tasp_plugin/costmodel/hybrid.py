@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from ..planning import Algorithm
+from ..planning import Algorithm, HybridLayout
 from ..schedules import NoHamiltonianDecomposition, NoPathDecomposition
 from .interconnect import FullMesh, Interconnect, MultiNode, Switch
 from .predict import Prediction, predict
@@ -87,11 +87,9 @@ def predict_layout(interconnect: Interconnect, problem: Problem, ulysses: int, a
     """Predict all-to-all groups of ``ulysses`` GPUs (dividing the GPUs per node) around the concrete ring
     ``algorithm`` over the rest. ``ValueError`` where the split or its ring schedule does not exist."""
     m, n = _gpus_per_node(interconnect), interconnect.world_size
-    if ulysses < 1 or m % ulysses or problem.heads % ulysses:
-        raise ValueError(f"ulysses {ulysses} must divide the {m} GPUs per node and the {problem.heads} heads")
-    kv = problem.kv_heads if problem.kv_heads % ulysses == 0 else ulysses
-    if kv % problem.kv_heads:
-        raise ValueError(f"ulysses {ulysses} and the {problem.kv_heads} K/V heads: one must divide the other")
+    if ulysses < 1 or m % ulysses:
+        raise ValueError(f"ulysses {ulysses} must divide the {m} GPUs per node")
+    kv = problem.kv_heads * HybridLayout.of(n, ulysses).kv_repeats(problem.heads, problem.kv_heads)
     ring_problem = replace(problem, heads=problem.heads // ulysses, kv_heads=kv // ulysses)
     rates = rates or ComputeRates()
     ring = predict(_ring_interconnect(interconnect, ulysses), ring_problem, algorithm, rates)

@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .topology import Topology
+
 __all__ = ["HybridLayout"]
 
 
@@ -51,6 +53,16 @@ class HybridLayout:
     def ring_members(self, rank: int) -> tuple[int, ...]:
         """CP ranks of ``rank``'s ring group (one per all-to-all group), in ring position order."""
         return tuple(range(rank % self.ulysses, self.world_size, self.ulysses))
+
+    def ring_topologies(self, whole: Topology) -> tuple[Topology, ...]:
+        """Which members of each ring group (all-to-all rank ``j``'s, in ``j`` order) share a node, from the
+        CP group's topology ``whole``."""
+        return tuple(Topology.from_node_ids([whole.node_of(m) for m in self.ring_members(j)])
+                     for j in range(self.ulysses))
+
+    def a2a_node_span(self, whole: Topology) -> int:
+        """The most nodes any all-to-all group spans (1: every all-to-all stays on one node's links)."""
+        return max(len({whole.node_of(m) for m in self.a2a_members(p * self.ulysses)}) for p in range(self.ring))
 
     def gathered_pieces(self) -> tuple[tuple[int, int], ...]:
         """After the all-to-all, the local sequence as ``(all-to-all rank, half)`` pieces in order: the front
