@@ -147,22 +147,29 @@ def _example_runs(out_dir: str) -> dict:
             "run_file": os.path.isfile(os.path.join(out_dir, "step000003", example.RUN_FILE))}
 
 
-def _cases(rank: int, world: int, stages: tuple[int, ...], out_dir: str) -> dict:
-    """Every (stage, algorithm) through our ``initialize``, plus raw ``deepspeed.initialize`` with our mpu
-    (no compensation) under ZeRO-3, each compared with the reference; then the example's loop."""
+def _start(rank: int, world: int, dp: int) -> tuple[dict, tuple[float, dict, dict]]:
+    """One rank's set-up for DeepSpeed on CPU: the initial weights every model starts from, and the
+    single-process reference (loss, gradients, stepped parameters) over ``dp`` DP ranks' batches."""
     os.environ["DS_ACCELERATOR"] = "cpu"
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
-    import deepspeed
     import torch.distributed as dist
-
-    from tasp_plugin.integrations.deepspeed import ContextParallelMPU, build_groups, initialize
 
     single = [dist.new_group([r]) for r in range(world)][rank]
     torch.manual_seed(0)
     init = TinyLM().state_dict()
     reference = TinyLM(group=single)
     reference.load_state_dict(init)
-    ref_loss, ref_grads, ref_params = _reference(reference)
+    return init, _reference(reference, dp)
+
+
+def _cases(rank: int, world: int, stages: tuple[int, ...], out_dir: str) -> dict:
+    """Every (stage, algorithm) through our ``initialize``, plus raw ``deepspeed.initialize`` with our mpu
+    (no compensation) under ZeRO-3, each compared with the reference; then the example's loop."""
+    init, (ref_loss, ref_grads, ref_params) = _start(rank, world, DP)
+    import deepspeed
+
+    from tasp_plugin.integrations.deepspeed import ContextParallelMPU, build_groups, initialize
+
     results = {}
     for stage in stages:
         for algorithm in (*ALGORITHMS, "raw") if stage == 3 else ALGORITHMS:
@@ -195,18 +202,9 @@ HYBRID = (4, 2)  # CP size and its all-to-all (Ulysses) size: all-to-all 2 x rin
 def _hybrid_cases(rank: int, world: int) -> dict:
     """``"ulysses_size": 2`` in a CP 4 section (ZeRO 1 and 3, Hamilton and zigzag across) against the
     reference of the one DP rank's batch."""
-    os.environ["DS_ACCELERATOR"] = "cpu"
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
-    import torch.distributed as dist
-
+    init, (ref_loss, ref_grads, ref_params) = _start(rank, world, 1)
     from tasp_plugin.integrations.deepspeed import initialize
 
-    single = [dist.new_group([r]) for r in range(world)][rank]
-    torch.manual_seed(0)
-    init = TinyLM().state_dict()
-    reference = TinyLM(group=single)
-    reference.load_state_dict(init)
-    ref_loss, ref_grads, ref_params = _reference(reference, dp=1)
     results = {}
     for stage, algorithm in ((1, "hamilton"), (3, "zigzag")):
         model = TinyLM()

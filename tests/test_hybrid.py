@@ -165,42 +165,39 @@ def test_all_to_all_across_nodes_warns(algorithm, u):
     assert max(errors.values()) < 1e-10
 
 
+def errors_on_every_rank(n: int, shape: tuple[int, ...], timeout: float = 120.0, **kwargs) -> list[str]:
+    """Each emulated rank's ValueError message (or "no error") for one hybrid call with ``kwargs``."""
+    groups = ThreadGroup.create(n, timeout=timeout)
+
+    def run(rank: int) -> str:
+        x = torch.randn(*shape)
+        try:
+            context_parallel_attention(x, x, x, group=groups[rank], **kwargs)
+        except ValueError as exc:
+            return str(exc)
+        return "no error"
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(run, range(n)))
+
+
 def test_a_ring_group_without_a_schedule_fails_on_every_rank():
     """Uneven nodes: the odd ring group has no multi-node Hamilton schedule. Every rank must raise before
     the all-to-all (it used to strand the other ring group in the exchange: a hang)."""
     from tasp_plugin.planning import Topology
 
-    groups = ThreadGroup.create(8, timeout=20)
     uneven = Topology(((0, 1, 2), (3, 4, 5, 6, 7)))
-
-    def run(rank: int) -> str:
-        x = torch.randn(1, 16, 4, 8)
-        try:
-            context_parallel_attention(x, x, x, group=groups[rank], algorithm="hamilton_multinode",
-                                       ulysses_size=2, topology=uneven)
-        except ValueError as exc:
-            return type(exc).__name__
-        return "no error"
-
-    with pytest.warns(UserWarning, match="span up to"), ThreadPoolExecutor(8) as pool:
-        assert list(pool.map(run, range(8))) == ["ValueError"] * 8
+    with pytest.warns(UserWarning, match="span up to"):
+        messages = errors_on_every_rank(8, (1, 16, 4, 8), timeout=20, algorithm="hamilton_multinode",
+                                        ulysses_size=2, topology=uneven)
+    assert len(set(messages)) == 1 and messages[0] != "no error", messages
 
 
 @pytest.mark.parametrize("transport", ["peer_copy", "all_to_all"])
 def test_transports_without_sub_groups_are_refused(monkeypatch, transport):
     monkeypatch.setenv("TASP_TRANSPORT", transport)
-    groups = ThreadGroup.create(2)
-
-    def run(rank: int) -> str:
-        x = torch.randn(1, 8, 4, 8)
-        try:
-            context_parallel_attention(x, x, x, group=groups[rank], ulysses_size=2)
-        except ValueError as exc:
-            return str(exc)
-        return "no error"
-
-    with ThreadPoolExecutor(2) as pool:
-        assert all("does not work with ulysses_size > 1" in m for m in pool.map(run, range(2)))
+    messages = errors_on_every_rank(2, (1, 8, 4, 8), ulysses_size=2)
+    assert all("does not work with ulysses_size > 1" in m for m in messages), messages
 
 
 def test_hybrid_bf16_is_close():
@@ -209,18 +206,7 @@ def test_hybrid_bf16_is_close():
 
 
 def test_bad_ulysses_size_raises_on_every_rank():
-    groups = ThreadGroup.create(4)
-
-    def run(rank: int) -> str:
-        x = torch.randn(1, 8, 6, 8)
-        try:
-            context_parallel_attention(x, x, x, group=groups[rank], ulysses_size=4)
-        except ValueError as exc:
-            return str(exc)
-        return "no error"
-
-    with ThreadPoolExecutor(4) as pool:
-        messages = list(pool.map(run, range(4)))
+    messages = errors_on_every_rank(4, (1, 8, 6, 8), ulysses_size=4)
     assert all("ulysses_size 4 must divide the 6 query heads" in m for m in messages), messages
 
 
