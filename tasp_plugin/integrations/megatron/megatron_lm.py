@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 from argparse import Namespace
 
-from .core_attention import CP_COMM_TYPES, HYBRID_CP_COMM_TYPES
+from .core_attention import CP_COMM_TYPES, HYBRID_CP_COMM_TYPES, layer_split
 
 __all__ = ["TASP_SPEC", "check_megatron_lm_args", "uses_tasp_spec"]
 
@@ -47,12 +47,14 @@ def check_megatron_lm_args(args: Namespace) -> None:
     if unknown:
         raise ValueError(f"--cp-comm-type {' '.join(unknown)} is not supported with {flag}; use one of "
                          f"{known} (one value, or one per layer)")
-    hierarchical = list(getattr(args, "hierarchical_context_parallel_sizes", None) or [])
-    for value in {v.lower() for v in values if v.lower().startswith("a2a+")}:
-        if len(hierarchical) != 2 or hierarchical[0] * hierarchical[1] != args.context_parallel_size:
+    hierarchical = getattr(args, "hierarchical_context_parallel_sizes", None)
+    for value in values:  # the split each layer's TASPCoreAttention will make, named by the flags
+        try:
+            layer_split(value, 1, args.context_parallel_size, hierarchical)
+        except ValueError:
             raise ValueError(f"--cp-comm-type {value} needs --hierarchical-context-parallel-sizes A R with A x R = "
                              f"--context-parallel-size {args.context_parallel_size} (all-to-all size, ring size), "
-                             f"got {hierarchical or None}")
+                             f"got {hierarchical}") from None
     if len(values) not in (1, args.num_layers):
         raise ValueError(f"--cp-comm-type has {len(values)} values for {args.num_layers} layers; give one value "
                          "or one per layer")
